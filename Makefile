@@ -1,0 +1,41 @@
+# lidarlift: two commands on a fresh machine. `make demo` runs the default DAG; `make test` runs the tests.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint report bench clean-results
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# Everything pinned in constraints.txt. opencv-contrib goes in last: it and opencv-python-headless
+# (pulled by nuscenes-devkit) both write cv2/, and only contrib has cv2.ximgproc (SEEDS).
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	$(BIN)/pip install -q --force-reinstall --no-deps -c constraints.txt opencv-contrib-python-headless==4.11.0.86
+	$(BIN)/python -c "import cv2; cv2.ximgproc.createSuperpixelSEEDS(64, 64, 3, 16, 2)"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES)
+	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report report.html
+	@echo "Report: report.html (open it in a browser); scoreboard: results/summary.json"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+lint: $(STAMP)
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean-results:
+	rm -rf results/* .snakemake

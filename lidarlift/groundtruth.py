@@ -1,0 +1,66 @@
+"""Ground truth of a sample, for measuring every stage: per-point classes and instances, 2D maps, visibility.
+
+Real nuScenes has the per-point files; the synthetic world also has per-camera 2D panoptic maps and
+per-point visibility. Functions return ``None`` where the dataset lacks a kind of ground truth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lidarlift.classes import FINE_TO_CHALLENGE
+from lidarlift.datasets.readers import DatasetError, read_label_map
+from lidarlift.manifest import Manifest, SampleRecord
+
+
+@dataclass
+class PointTruth:
+    """Per-point truth of one keyframe. ``label``: (N,) uint8 class 1..K (0 ignore); ``fine``: (N,) uint8
+    dataset-native class; ``instance``: (N,) int64 scene-unique instance key (0 = stuff/none)."""
+
+    label: np.ndarray
+    fine: np.ndarray
+    instance: np.ndarray
+
+
+def point_truth(manifest: Manifest, sample: SampleRecord) -> PointTruth | None:
+    """Per-point classes and instances of a keyframe, or None where the dataset has none."""
+    if manifest.kind == "semantickitti":
+        from lidarlift.datasets.semantickitti import point_truth as kitti_truth
+
+        return kitti_truth(manifest, sample)
+    if sample.gt_panoptic:
+        path = manifest.resolve(sample.gt_panoptic)
+        try:
+            pan = np.load(path)["data"].astype(np.int64)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
+            raise DatasetError(f"sample {sample.token}: panoptic file {path} is unreadable: {e}") from e
+        fine = (pan // 1000).astype(np.uint8)
+        inst = pan % 1000
+        instance = np.where(inst > 0, pan, 0)  # 1000 * fine + id is unique within the scene
+    elif sample.gt_lidarseg:
+        path = manifest.resolve(sample.gt_lidarseg)
+        fine = np.fromfile(path, dtype=np.uint8)
+        instance = np.zeros(fine.shape, np.int64)
+    else:
+        return None
+    return PointTruth(label=FINE_TO_CHALLENGE[fine], fine=fine, instance=instance)
+
+
+def image_truth(manifest: Manifest, sample: SampleRecord, cam: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(label (H, W) uint8 class 1..K, instance (H, W) int64 scene-unique key, 0 = stuff/sky) of one
+    camera image, from the synthetic world's panoptic2d map; None where the dataset has none."""
+    rel = sample.cameras[cam].gt_panoptic2d
+    if not rel:
+        return None
+    pan = read_label_map(manifest.resolve(rel), sample.token).astype(np.int64)
+    fine = (pan // 1000).astype(np.uint8)
+    return FINE_TO_CHALLENGE[fine], np.where(pan % 1000 > 0, pan, 0)
+
+
+def visibility_truth(manifest: Manifest, sample: SampleRecord) -> np.ndarray | None:
+    """(N, C) bool: the generator's per-point visibility in each camera; None where unknown."""
+    if not sample.gt_visibility:
+        return None
+    return np.load(manifest.resolve(sample.gt_visibility))

@@ -1,0 +1,64 @@
+# The dataset: the synthetic world (when dataset.kind is synthetic), its manifest, and the run summary.
+
+
+# Generate the synthetic nuScenes-format world that the default DAG runs on.
+rule synth:
+    output:
+        done=f"{config['dataset']['dataroot']}/.lidarlift_world_done",
+        stats=f"{RESULTS}/synth/stats.json",
+    params:
+        synth=stage_params("synth"),
+        dataset=stage_params("dataset"),
+    log:
+        f"{RESULTS}/logs/synth.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synth.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    conda:
+        "../envs/lidarlift.yaml"
+    script:
+        "../workflow/scripts/synth.py"
+
+
+# Read the dataset through its adapter into the manifest of keyframes, split into shards.
+rule manifest:
+    input:
+        world_inputs(),
+    output:
+        manifest=manifest_path(),
+        metrics=f"{RESULTS}/manifest.metrics.json",
+    params:
+        dataset=stage_params("dataset"),
+        labels=stage_params("labels"),
+    log:
+        f"{RESULTS}/logs/manifest.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/manifest.tsv"
+    resources:
+        mem_mb=2000,
+    conda:
+        "../envs/lidarlift.yaml"
+    script:
+        "../workflow/scripts/manifest.py"
+
+
+SUMMARY_INPUTS["dataset"] = [f"{RESULTS}/manifest.metrics.json"] + (
+    [f"{RESULTS}/synth/stats.json"] if config["dataset"]["kind"] == "synthetic" else []
+)
+
+
+# Merge every stage's metrics into results/summary.json, the run's scoreboard.
+rule summary:
+    input:
+        unpack(all_metrics),
+        manifest=manifest_path(),
+    output:
+        summary=f"{RESULTS}/summary.json",
+    log:
+        f"{RESULTS}/logs/summary.log",
+    conda:
+        "../envs/lidarlift.yaml"
+    script:
+        "../workflow/scripts/summary.py"
