@@ -38,7 +38,7 @@ def summary_inputs():
     return [f"{RESULTS}/summary.json"]
 
 
-def all_metrics():
+def all_metrics(wildcards):
     return {key: list(paths) for key, paths in SUMMARY_INPUTS.items()}
 
 
