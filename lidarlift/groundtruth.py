@@ -20,7 +20,7 @@ class PointTruth:
     dataset-native class; ``instance``: (N,) int64 scene-unique instance key (0 = stuff/none)."""
 
     label: np.ndarray
-    fine: np.ndarray
+    fine: np.ndarray  # nuScenes: uint8 fine index; SemanticKITTI: uint16 raw id
     instance: np.ndarray
 
 
@@ -55,8 +55,14 @@ def image_truth(manifest: Manifest, sample: SampleRecord, cam: int) -> tuple[np.
     if not rel:
         return None
     pan = read_label_map(manifest.resolve(rel), sample.token).astype(np.int64)
-    fine = (pan // 1000).astype(np.uint8)
-    return FINE_TO_CHALLENGE[fine], np.where(pan % 1000 > 0, pan, 0)
+    cls = pan // 1000  # nuScenes: fine index; SemanticKITTI layout: train id 0..19
+    if manifest.kind == "semantickitti":
+        from lidarlift.datasets.semantickitti import TRAIN_TO_CHALLENGE
+
+        label = TRAIN_TO_CHALLENGE[cls] if manifest.label_space == "nuscenes16" else cls.astype(np.uint8)
+    else:
+        label = FINE_TO_CHALLENGE[cls]
+    return label, np.where(pan % 1000 > 0, pan, 0)
 
 
 def visibility_truth(manifest: Manifest, sample: SampleRecord) -> np.ndarray | None:
