@@ -54,7 +54,7 @@ STORES: dict[str, StoreSpec] = {
         "Point-pixel association of keyframe points with every camera.",
         {
             "point_offsets": ArraySpec("int64", "(S+1,)", "ragged offsets of keyframe points"),
-            "uv": ArraySpec("float32", "(P, C, 2)", "pixel (u, v) of the point in camera c at full image resolution; NaN where depth <= 0", POINT_CHUNK),
+            "uv": ArraySpec("float32", "(P, C, 2)", "pixel (u, v) of the point in camera c at full image resolution, pixel centres at integer coordinates (pixel = round(uv); at scale s use lidarlift.associate.pixel_index); NaN where depth <= 0", POINT_CHUNK),
             "depth": ArraySpec("float32", "(P, C)", "depth along the camera axis (m), ego-motion compensated", POINT_CHUNK),
             "in_image": ArraySpec("bool", "(P, C)", "raw projection: depth > min_depth and pixel inside the image (what the anchors keep)", POINT_CHUNK),
             "visible": ArraySpec("bool", "(P, C)", "in_image and passes the occlusion test", POINT_CHUNK),
@@ -79,15 +79,19 @@ STORES: dict[str, StoreSpec] = {
     ),
     "masks": StoreSpec(
         "masks", 1,
-        "2D masks per camera image (attrs: backend, scale, overlap rule).",
+        "2D masks per camera image at h, w = round(scale * (H, W)) (attrs: backend, generator, scale, image_size, "
+        "mask_size, overlap_rule + overlap_rule_doc, prompt_sources, device, backend_info). Mask j of image i is "
+        "row mask_offsets[i] + j of the per-mask arrays and the value j in mask_labels[i].",
         {
-            "mask_labels": ArraySpec("int32", "(I, h, w)", "index of the mask that owns the pixel within its image (0..n-1), -1 = none"),
+            "mask_labels": ArraySpec("int32", "(I, h, w)", "index of the mask that owns the pixel within its image (0..n-1), -1 = none; overlaps resolved by attrs['overlap_rule']"),
             "mask_offsets": ArraySpec("int64", "(I+1,)", "ragged offsets of the masks of each image"),
-            "score": ArraySpec("float32", "(M,)", "predicted IoU (or backend score)"),
-            "stability": ArraySpec("float32", "(M,)", "stability score"),
-            "area": ArraySpec("int64", "(M,)", "pixel area at the stored resolution"),
-            "box": ArraySpec("float32", "(M, 4)", "x0, y0, x1, y1 at the stored resolution"),
-            "prompt_source": ArraySpec("uint8", "(M,)", "0 grid, 1 lidar segment centre, 2 lidar farthest-point sample, 3 weight-free region"),
+            "score": ArraySpec("float32", "(M,)", "predicted IoU (SAM) or share of the segment's points inside the mask (weight-free); masks of an image are numbered by decreasing score"),
+            "stability": ArraySpec("float32", "(M,)", "stability score (SAM) or share of the mask in regions holding the segment's points (weight-free)"),
+            "area": ArraySpec("int64", "(M,)", "pixels the mask owns in mask_labels (after overlaps)"),
+            "box": ArraySpec("float32", "(M, 4)", "x0, y0, x1, y1 of the owned pixels at the stored resolution (x1, y1 exclusive)"),
+            "prompt_source": ArraySpec("uint8", "(M,)", "0 grid, 1 lidar segment centre, 2 lidar farthest-point sample, 3 weight-free region without LiDAR, 4 weight-free region grown from a LiDAR segment"),
+            "segment_id": ArraySpec("int32", "(M,)", "presegment segment_id (within the keyframe) that prompted or seeded the mask, -1 = none"),
+            "prompt_uv": ArraySpec("float32", "(M, 2)", "prompt point (u, v) at the stored resolution (weight-free: the segment centre), NaN = none"),
         },
     ),
     "pseudolabels": StoreSpec(
