@@ -1,5 +1,7 @@
 # lidarlift: LiDAR segmentation labels from 2D foundation-model masks, superpixels, 3D structure and sparse clicks.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from lidarlift.config import validate_config
 
 min_version("9.0")
 
@@ -7,14 +9,24 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-validate(config, "config/schema.yaml")
+report: "report/workflow.rst"
+
+
+# Fills defaults, parses --config strings, stops with "config key <path>: <problem>" on a bad value.
+validate_config(config, f"{workflow.basedir}/config/schema.yaml")
 
 
 include: "rules/common.smk"
 include: "rules/dataset.smk"
+include: "rules/associate.smk"
+include: "rules/superpixels.smk"
+include: "rules/presegment.smk"
+include: "rules/masks.smk"
+include: "rules/evaluate.smk"
+include: "rules/train.smk"
 
 
 rule all:
+    default_target: True
     input:
         summary_inputs(),
-    default_target: True

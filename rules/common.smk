@@ -1,4 +1,4 @@
-# Helpers shared by every rule file: shard lists, path builders, per-stage params.
+# Helpers shared by all rules/*.smk files: shard lists, path builders, per-stage params.
 import json
 from pathlib import Path
 
@@ -14,7 +14,7 @@ wildcard_constraints:
     round=r"\d+",
 
 
-# Each rule file registers the per-stage metrics files that the summary merges:
+# Each rules/*.smk file registers the per-stage metrics files that the summary merges:
 # SUMMARY_INPUTS[<summary key>] = [paths]
 SUMMARY_INPUTS = {}
 
