@@ -1,0 +1,284 @@
+"""Ground segmentation of a LiDAR keyframe: IUPC's per-cell RANSAC (baseline) and a vectorised cell-plane fit.
+
+Frames: every function takes points in the *keyframe lidar frame* (z up); earlier sweeps are moved into
+it first (:func:`sweep_to_keyframe`). Ground cells are polar: ring ``floor``/``round`` of the horizontal
+range over ``cell_range`` metres and sector of the azimuth over ``cell_angle * pi`` radians; a cell id is
+``ring * n_sectors + sector``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lidarlift.geometry import invert, transform_points
+
+
+def sweep_to_keyframe(xyz: np.ndarray, sweep_lidar_to_ego: np.ndarray, sweep_ego_to_global: np.ndarray,
+                      key_lidar_to_ego: np.ndarray, key_ego_to_global: np.ndarray) -> np.ndarray:
+    """(M, 3) points of an earlier sweep (its lidar frame) in the keyframe lidar frame, ego-motion compensated."""
+    t = invert(key_lidar_to_ego) @ invert(key_ego_to_global) @ sweep_ego_to_global @ sweep_lidar_to_ego
+    return transform_points(t, xyz)
+
+
+def remove_close(xyz: np.ndarray, min_dist: float = 1.0) -> np.ndarray:
+    """Points outside the square |x| < min_dist and |y| < min_dist around the sensor (IUPC, for sweeps)."""
+    close = (np.abs(xyz[:, 0]) < min_dist) & (np.abs(xyz[:, 1]) < min_dist)
+    return xyz[~close]
+
+
+def group_by(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unique keys, order, starts): ``order[starts[i]:starts[i+1]]`` are the rows with key ``uniq[i]``."""
+    order = np.argsort(keys, kind="stable")
+    sk = keys[order]
+    if sk.size == 0:
+        return sk, order, np.zeros(1, np.int64)
+    cut = np.flatnonzero(sk[1:] != sk[:-1]) + 1
+    starts = np.concatenate([[0], cut, [sk.size]]).astype(np.int64)
+    return sk[starts[:-1]], order, starts
+
+
+# ------------------------------------------------------------------------------------------------ IUPC
+
+@dataclass
+class IupcGroundParams:
+    """IUPC's ground fit (configs/nuscenes/pretrain/preseg.yaml and prepare_sparse_label_mask.py)."""
+
+    cell_range: float = 5.0  # m
+    cell_angle: float = 0.1  # x pi rad
+    distance_threshold: float = 0.2  # RANSAC inlier distance (m)
+    ransac_n: int = 10
+    num_iterations: int = 1000
+    max_tries: int = 3
+    min_points: int = 100  # a cell is fitted while more than this many candidate points remain
+    normal_z: float = 0.75  # |n.z| must exceed this ...
+    normal_z_near: float = 0.95  # ... or this in the cells by the car (ring index < 2, sector 4..5)
+    min_inlier_share: float = 0.5  # first plane of a cell must hold this share of its candidates
+    outlier_share: float = 0.1  # barycentre test only when outliers exceed this share of the cell
+    z_std_split: float = 0.75  # cells with a z spread above this fit only their points below the mean z
+    sweep_min_dist: float = 1.0  # earlier sweeps drop points with |x| and |y| below this
+
+
+def iupc_polar_grid(xyz: np.ndarray, cell_range: float, cell_angle: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """IUPC's polar grid: (ring (N,), sector (N,), n_sectors).
+
+    Ring and sector are ``round(range / cell_range)`` and ``round(azimuth / (cell_angle * pi))`` shifted
+    so their minimum over the given points is 0; the sector that wraps to +pi joins sector 0.
+    """
+    rho = np.hypot(xyz[:, 0], xyz[:, 1])
+    phi = np.arctan2(xyz[:, 1], xyz[:, 0])
+    ring = np.round(rho / cell_range).astype(np.int64)
+    sector = np.round(phi / (cell_angle * np.pi)).astype(np.int64)
+    if len(xyz):
+        ring -= ring.min()
+        sector -= sector.min()
+    n_sectors = int(np.round(2.0 / cell_angle))
+    sector[sector == n_sectors] = 0
+    return ring, sector, n_sectors
+
+
+def _iupc_cell(xyz: np.ndarray, near: bool, p: IupcGroundParams) -> np.ndarray:
+    """Ground inliers (M,) bool of one cell's points (M, 3) float64, by IUPC's RANSAC and tests."""
+    import open3d as o3d
+
+    z = xyz[:, 2]
+    candidate = np.ones(len(xyz), bool)
+    if np.std(z) >= p.z_std_split:
+        candidate[z > z.mean()] = False
+    n_candidates = int(candidate.sum())
+    tries, retried = p.max_tries, False
+    norm_th = p.normal_z_near if near else p.normal_z
+    while candidate.sum() > p.min_points and tries:
+        pcd = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz[candidate]))
+        plane, _ = pcd.segment_plane(distance_threshold=p.distance_threshold, ransac_n=p.ransac_n,
+                                     num_iterations=p.num_iterations)
+        plane = np.asarray(plane, dtype=np.float64)
+        norm = np.linalg.norm(plane[:3])
+        inlier = np.abs(xyz @ plane[:3] + plane[3]) / norm <= p.distance_threshold
+        if not retried and inlier.sum() / float(n_candidates) < p.min_inlier_share:
+            break
+        normal_ok = abs(plane[2]) / norm > norm_th
+        n_out = int((~inlier).sum())
+        below_ok = (n_out <= int(np.round(len(xyz) * p.outlier_share))
+                    or z[inlier].mean() <= z[~inlier].mean())
+        if normal_ok and below_ok:
+            return inlier
+        candidate[inlier] = False  # a wall or a roof: drop it and fit again
+        tries -= 1
+        retried = True
+    return np.zeros(len(xyz), bool)
+
+
+def iupc_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: IupcGroundParams | None = None,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """IUPC's ground segmentation of a keyframe.
+
+    ``xyz_key``: (N, 3) keyframe points; ``sweeps``: earlier sweeps, each (M_i, 3) already in the
+    keyframe lidar frame (points within ``sweep_min_dist`` of the sensor are dropped here, as IUPC does).
+    All points go into polar cells; each cell with more than ``min_points`` points gets Open3D RANSAC
+    planes (up to ``max_tries``) until one passes the normal and barycentre tests; ``seed`` seeds Open3D's
+    RANSAC (the result is deterministic for a seed).
+    Returns ``ground`` (N,) bool and ``ground_cell`` (N,) int32 (cell id of ground points, -1 elsewhere).
+    """
+    import open3d as o3d
+
+    p = p or IupcGroundParams()
+    o3d.utility.random.seed(int(seed))
+    agg = np.concatenate([xyz_key.astype(np.float64)] + [remove_close(s, p.sweep_min_dist).astype(np.float64) for s in sweeps])
+    ring, sector, n_sectors = iupc_polar_grid(agg, p.cell_range, p.cell_angle)
+    cell = ring * n_sectors + sector
+    ground = np.zeros(len(agg), bool)
+    uniq, order, starts = group_by(cell)
+    for i, c in enumerate(uniq):
+        rows = order[starts[i]:starts[i + 1]]
+        if len(rows) <= p.min_points:
+            continue  # IUPC's loop never runs for such a cell
+        r, s = divmod(int(c), n_sectors)
+        ground[rows] = _iupc_cell(agg[rows], near=(r < 2 and 4 <= s <= 5), p=p)
+    n = len(xyz_key)
+    g = ground[:n]
+    return g, np.where(g, cell[:n], -1).astype(np.int32)
+
+
+# ------------------------------------------------------------------------------------------------ fast
+
+@dataclass
+class CellPlaneParams:
+    """Ring-by-ring robust plane per polar cell (lidarlift's default ground)."""
+
+    cell_range: float = 5.0  # m
+    cell_angle: float = 0.1  # x pi rad
+    sensor_height: float = 1.84  # ground at z = -sensor_height by the car (nuScenes LIDAR_TOP; synthetic world)
+    window: float = 1.0  # candidates lie within this of the height predicted from the inner ring (m)
+    seed_quantile: float = 0.02  # a cell's low reference is this quantile of its candidates' height ...
+    seed_height: float = 0.25  # ... and its seeds lie up to this above it (m)
+    fit_threshold: float = 0.12  # refits use the points within this vertical distance of the plane (m)
+    refits: int = 2
+    ridge: float = 0.5  # pulls under-determined cells towards a level plane (m^2 of xy spread)
+    max_slope: float = 0.25  # tan of the steepest ground accepted (0.25 = 14 degrees)
+    min_inliers: int = 5
+    max_step: float = 0.2  # a cell's height may leave the inner ring's prediction by this (m) ...
+    grade_change: float = 0.03  # ... plus this per metre between the two planes' centroids
+    above: float = 0.2  # ground: up to this far above the cell plane (m) ...
+    below: float = 0.5  # ... or this far below it
+    column: float = 0.4  # xy column edge for the structure test (m); 0 = off
+    structure_top: float = 2.5  # a column holds a structure when a point lies above ``above`` and below this (m)
+    tight: float = 0.05  # in such a column only points this close over the plane stay ground (m)
+    sweep_min_dist: float = 1.0
+
+
+def polar_cells(xyz: np.ndarray, cell_range: float, cell_angle: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(ring (N,), sector (N,), n_sectors): ``floor(range / cell_range)``, ``floor((azimuth + pi) / (cell_angle pi))``."""
+    n_sectors = int(np.round(2.0 / cell_angle))
+    rho = np.hypot(xyz[:, 0], xyz[:, 1])
+    phi = np.arctan2(xyz[:, 1], xyz[:, 0])
+    ring = (rho / cell_range).astype(np.int64)
+    sector = np.minimum(((phi + np.pi) / (cell_angle * np.pi)).astype(np.int64), n_sectors - 1)
+    return ring, sector, n_sectors
+
+
+def _plane_fit(cell: np.ndarray, w: np.ndarray, xyz: np.ndarray, n_cells: int, ridge: float):
+    """Per-cell least-squares plane z = a (x - mx) + b (y - my) + mz over points with weight ``w``.
+
+    Returns (a, b, mx, my, mz, count), each (n_cells,); cells without weight give NaN.
+    """
+    x, y, z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    n = np.bincount(cell, weights=w, minlength=n_cells)
+    safe = np.where(n > 0, n, np.nan)
+    mx = np.bincount(cell, weights=w * x, minlength=n_cells) / safe
+    my = np.bincount(cell, weights=w * y, minlength=n_cells) / safe
+    mz = np.bincount(cell, weights=w * z, minlength=n_cells) / safe
+    dx, dy, dz = x - mx[cell], y - my[cell], z - mz[cell]  # centred first: no cancellation at 80 m
+    cxx = np.bincount(cell, weights=w * dx * dx, minlength=n_cells) / safe + ridge
+    cyy = np.bincount(cell, weights=w * dy * dy, minlength=n_cells) / safe + ridge
+    cxy = np.bincount(cell, weights=w * dx * dy, minlength=n_cells) / safe
+    cxz = np.bincount(cell, weights=w * dx * dz, minlength=n_cells) / safe
+    cyz = np.bincount(cell, weights=w * dy * dz, minlength=n_cells) / safe
+    det = cxx * cyy - cxy * cxy
+    a = (cyy * cxz - cxy * cyz) / det
+    b = (cxx * cyz - cxy * cxz) / det
+    return a, b, mx, my, mz, n
+
+
+def cell_plane_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: CellPlaneParams | None = None,
+                      return_height: bool = False):
+    """Ground of a keyframe by one robust plane per polar cell, fitted ring by ring outwards.
+
+    Every sector starts from a level plane at ``-sensor_height``. For ring r, all sectors at once:
+    candidates are the points within ``window`` of the height the inner ring's plane predicts; seeds
+    are the candidates up to ``seed_height`` above the cell's ``seed_quantile`` candidate height; a
+    ridge-regularised least-squares plane through the seeds is refitted ``refits`` times on the points
+    within ``fit_threshold`` of it. The plane is kept when it has ``min_inliers``, a slope of at most
+    ``max_slope`` and, at its centroid, stays within ``max_step + grade_change * d`` of the inner
+    prediction (d: distance between the two centroids); otherwise the cell continues the inner plane
+    (so ground is still found in a cell crowded by a bus, and a bus flank never becomes ground). It
+    then predicts the next ring. A point is ground when it lies between ``below`` under and ``above``
+    over its cell's plane, except that in an xy column (``column`` m) which also holds a point between
+    ``above`` and ``structure_top`` (a wall, a wheel, a leg) only points within ``tight`` stay ground.
+
+    ``xyz_key``: (N, 3) keyframe lidar frame; ``sweeps``: earlier sweeps (M_i, 3) in that frame, which
+    densify the fit. Returns ``ground`` (N,) bool and ``ground_cell`` (N,) int32 (-1 for non-ground), and
+    with ``return_height`` also ``height`` (N,) float32, each point's height over its cell's plane (m).
+    """
+    p = p or CellPlaneParams()
+    n_key = len(xyz_key)
+    if n_key == 0:
+        empty = (np.zeros(0, bool), np.zeros(0, np.int32))
+        return (*empty, np.zeros(0, np.float32)) if return_height else empty
+    parts = [np.asarray(xyz_key, np.float64)] + [remove_close(np.asarray(s, np.float64), p.sweep_min_dist) for s in sweeps]
+    agg = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    ring, sector, n_sec = polar_cells(agg, p.cell_range, p.cell_angle)
+    order = np.argsort(ring, kind="stable")
+    ring_starts = np.searchsorted(ring[order], np.arange(int(ring.max()) + 2))
+    resid = np.empty(len(agg))
+    # plane of every sector of the ring inside: level at the sensor height to begin with
+    pa, pb = np.zeros(n_sec), np.zeros(n_sec)
+    pmx, pmy, pmz = np.zeros(n_sec), np.zeros(n_sec), np.full(n_sec, -p.sensor_height)
+    for r in range(len(ring_starts) - 1):
+        idx = order[ring_starts[r]:ring_starts[r + 1]]
+        if len(idx) == 0:
+            continue
+        pts, sec = agg[idx], sector[idx]
+        pred = pa[sec] * (pts[:, 0] - pmx[sec]) + pb[sec] * (pts[:, 1] - pmy[sec]) + pmz[sec]
+        d = pts[:, 2] - pred
+        cand = np.abs(d) <= p.window
+        # low reference of each sector: the seed_quantile of the candidates' d
+        c_idx = np.flatnonzero(cand)
+        srt = c_idx[np.lexsort((d[c_idx], sec[c_idx]))]
+        cnt = np.bincount(sec[srt], minlength=n_sec)
+        start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+        low = np.full(n_sec, np.inf)
+        has = cnt > 0
+        low[has] = d[srt[start[has] + np.floor(p.seed_quantile * (cnt[has] - 1)).astype(np.int64)]]
+        w = (cand & (d <= low[sec] + p.seed_height)).astype(np.float64)
+        for _ in range(p.refits + 1):
+            a, b, mx, my, mz, n = _plane_fit(sec, w, pts, n_sec, p.ridge)
+            rr = pts[:, 2] - (a[sec] * (pts[:, 0] - mx[sec]) + b[sec] * (pts[:, 1] - my[sec]) + mz[sec])
+            w = (cand & (np.abs(rr) <= p.fit_threshold)).astype(np.float64)
+        n_in = np.bincount(sec, weights=w, minlength=n_sec)
+        ref_h = pa * (mx - pmx) + pb * (my - pmy) + pmz
+        dist = np.hypot(mx - pmx, my - pmy)
+        keep = ((n_in >= p.min_inliers) & (np.hypot(a, b) <= p.max_slope)
+                & (np.abs(mz - ref_h) <= p.max_step + p.grade_change * dist))
+        keep &= np.isfinite(a) & np.isfinite(b) & np.isfinite(mz)
+        pa, pb = np.where(keep, a, pa), np.where(keep, b, pb)
+        pmx, pmy, pmz = np.where(keep, mx, pmx), np.where(keep, my, pmy), np.where(keep, mz, pmz)
+        resid[idx] = pts[:, 2] - (pa[sec] * (pts[:, 0] - pmx[sec]) + pb[sec] * (pts[:, 1] - pmy[sec]) + pmz[sec])
+    xk, rk = agg[:n_key], resid[:n_key]
+    g = (rk <= p.above) & (rk >= -p.below)
+    if p.column > 0:
+        g &= ~_under_structure(xk, rk, p)
+    cell = ring[:n_key] * n_sec + sector[:n_key]
+    out = (g, np.where(g, cell, -1).astype(np.int32))
+    return (*out, rk.astype(np.float32)) if return_height else out
+
+
+def _under_structure(xyz: np.ndarray, resid: np.ndarray, p: CellPlaneParams) -> np.ndarray:
+    """(N,) bool: points more than ``tight`` over the ground in an xy column (``column`` m) that also holds
+    a point between ``above`` and ``structure_top`` over the ground -- the foot of a wall, a wheel, a leg."""
+    q = np.floor(xyz[:, :2] / p.column).astype(np.int64)
+    key = q[:, 0] * 1_000_003 + q[:, 1]
+    _, col = np.unique(key, return_inverse=True)
+    tall = (resid > p.above) & (resid <= p.structure_top)
+    has = np.bincount(col, weights=tall, minlength=int(col.max()) + 1) > 0
+    return has[col] & (resid > p.tight)
