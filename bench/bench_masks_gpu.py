@@ -15,6 +15,14 @@ configuration runs in its own try block: a failure is recorded and the rest go o
 
     python bench/bench_masks_gpu.py                 # full on CUDA (< 8 min on one H100), smoke on CPU
     python bench/bench_masks_gpu.py --models vit_b --ours-images 12 --vanilla-images 1
+    python bench/bench_masks_gpu.py --only-ours     # ours (bf16) only: a quick check
+    python bench/bench_masks_gpu.py --legacy        # also ours image by image (the pre-batching path), and
+                                                    # how far its outputs are from the batched path's
+    python bench/bench_masks_gpu.py --profile       # also a torch.profiler table and the host syncs of one batch
+
+Ours runs each encoder batch as one batch end to end (SamPromptedGenerator(batched=True)); the
+``ours_*_per_image`` rows (``--legacy``) run the reference path (batched=False) that decodes, filters,
+upsamples and paints image by image.
 """
 from __future__ import annotations
 
@@ -89,12 +97,127 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_ours(model, images, prompts, device, args, bf16: bool) -> dict:
+def make_ours(model, device, args, bf16: bool, batched: bool = True, **kw):
     from lidarlift.masks.sam import SamPromptedGenerator
 
-    gen = SamPromptedGenerator(model, device=device, encoder_batch=args.encoder_batch, points_per_batch=args.points_per_batch,
-                               multimask="all", pred_iou_thresh=-1e9, stability_thresh=-1e9, nms_thresh=1.0,
-                               max_masks=args.max_masks, min_mask_area=16, bf16=bf16)
+    kw = {"points_per_batch": args.points_per_batch, **kw}
+    return SamPromptedGenerator(model, device=device, encoder_batch=args.encoder_batch, multimask="all",
+                                pred_iou_thresh=-1e9, stability_thresh=-1e9, nms_thresh=1.0, max_masks=args.max_masks,
+                                min_mask_area=16, bf16=bf16, batched=batched, **kw)
+
+
+def agreement(a: list, b: list) -> dict:
+    """How far two lists of ImageMasks are apart: label pixels equal, masks per image, matched scores."""
+    eq = [float(np.mean(x.labels == y.labels)) for x, y in zip(a, b)]
+    dm = [abs(x.num_masks - y.num_masks) for x, y in zip(a, b)]
+    ds = [float(np.abs(x.score - y.score).max()) for x, y in zip(a, b) if x.num_masks == y.num_masks and x.num_masks]
+    return {"images": len(eq), "label_pixels_equal_mean": float(np.mean(eq)), "label_pixels_equal_min": float(np.min(eq)),
+            "masks_per_image_abs_diff_max": int(max(dm)), "score_abs_diff_max": max(ds) if ds else None}
+
+
+def decoder_outputs_diff(model, image, prompt, device, args) -> dict:
+    """The batched path's decoder (bf16, default attention) against segment-anything's own calls as in
+    SamPromptedGenerator.decode, on the first ``points_per_batch`` prompts of one image: sparse
+    embeddings, low-resolution logits (share of pixels on the other side of the mask threshold) and
+    predicted IoU."""
+    from lidarlift.masks.sam import _autocast, _SharedImages
+
+    gen = make_ours(model, device, args, True, True)
+    feats, sizes = gen.embed([image])
+    (ih, iw), (H, W) = sizes[0], image.shape[:2]
+    low_res, img = 4 * model.prompt_encoder.image_embedding_size[0], model.image_encoder.img_size
+    lh, lw = max(1, int(round(ih * low_res / img))), max(1, int(round(iw * low_res / img)))
+    n = min(len(prompt), args.points_per_batch)
+    coords = torch.from_numpy(prompt.uv[:n]).to(device).float() * torch.tensor([iw / W, ih / H], device=device)
+    labels = torch.where(torch.from_numpy(prompt.valid[:n]).to(device), 1, -1).int()
+    pe = model.prompt_encoder
+    with torch.inference_mode():
+        dense_pe = pe.get_dense_pe().to(feats.dtype)
+        with _autocast(device, True):
+            sparse, dense = pe(points=(coords, labels), boxes=None, masks=None)
+            ref_low, ref_iou = model.mask_decoder(image_embeddings=feats[:1], image_pe=dense_pe, sparse_prompt_embeddings=sparse,
+                                                  dense_prompt_embeddings=dense.to(feats.dtype), multimask_output=True)
+            sp = gen._sparse_embed(coords, labels)
+            shared = _SharedImages.make(model.mask_decoder.transformer, feats[:1] + pe.no_mask_embed.weight.reshape(1, -1, 1, 1).to(feats.dtype),
+                                        gen._dense_pe_as(feats.dtype), gen.attention == "sdpa")
+            low, iou = gen._decode_prompts(shared, [(0, 0, n)], sp, (lh, lw))
+    ref_low = ref_low[..., :lh, :lw].float()
+    low = low.float()
+    thr = model.mask_threshold
+    return {"prompts": n, "attention": gen.attention, "sparse_max_abs_diff": float((sp.float() - sparse.float()).abs().max()),
+            "logits_abs_max": float(ref_low.abs().max()), "logits_max_abs_diff": float((low - ref_low).abs().max()),
+            "logits_mean_abs_diff": float((low - ref_low).abs().mean()),
+            "mask_pixels_flipped_share": float(((low > thr) != (ref_low > thr)).float().mean()),
+            "iou_max_abs_diff": float((iou.float() - ref_iou.float()).abs().max())}
+
+
+def agreements(model, images, prompts, device, args) -> dict:
+    """Outputs of the batched path against the image-by-image reference on the same images.
+
+    With random weights SAM's masks overlap heavily and their areas and scores are nearly equal, so
+    the label maps are chaotic in the decoder's rounding: the bf16 reference against itself with
+    another decoder batch size is the yardstick for bf16; in float32 (TF32 off) both paths should
+    give the same label maps up to a few pixels.
+    """
+    eb, hw = args.encoder_batch, images[0].shape[:2]
+
+    def run(bf16, batched, **kw):
+        return make_ours(model, device, args, bf16, batched, **kw).generate(images[:eb], prompts[:eb], hw)
+
+    out = {}
+    if device.type == "cuda":
+        out["bf16_decoder_outputs_one_image"] = decoder_outputs_diff(model, images[0], prompts[0], device, args)
+        ref = run(True, False)
+        out["bf16_batched_vs_reference"] = agreement(ref, run(True, True))
+        out["bf16_batched_exact_attention_vs_reference"] = agreement(ref, run(True, True, attention="exact"))
+        out["bf16_reference_vs_reference_points_per_batch_100"] = agreement(ref, run(True, False, points_per_batch=100))
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        ref = run(False, False)
+        out["fp32_batched_vs_reference"] = agreement(ref, run(False, True))
+        out["fp32_batched_exact_attention_vs_reference"] = agreement(ref, run(False, True, attention="exact"))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+    return out
+
+
+def profile_ours(gen, images, prompts, device, out_stem: Path) -> dict:
+    """One batch under torch.profiler (table written next to the JSON) and the host syncs it makes."""
+    import warnings
+
+    eb = gen.encoder_batch
+    hw = images[0].shape[:2]
+    gen.profile_ranges = True
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+        gen.generate(images[:eb], prompts[:eb], hw)
+        sync(device)
+    gen.profile_ranges = False
+    avg = prof.key_averages()
+    try:
+        table = avg.table(sort_by="device_time_total" if device.type == "cuda" else "cpu_time_total", row_limit=45)
+    except Exception:  # noqa: BLE001 - older torch: cuda_time_total
+        table = avg.table(sort_by="cuda_time_total" if device.type == "cuda" else "cpu_time_total", row_limit=45)
+    out_stem.with_suffix(".txt").write_text(table)
+    syncs = None
+    if device.type == "cuda":
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                gen.generate(images[:eb], prompts[:eb], hw)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        where: dict[str, int] = {}
+        for w in caught:
+            key = f"{Path(w.filename).name}:{w.lineno}"
+            where[key] = where.get(key, 0) + 1
+        syncs = {"count_per_batch": len(caught), "where": where}
+    return {"profile_table": str(out_stem.with_suffix(".txt").name), "host_syncs": syncs}
+
+
+def bench_ours(model, images, prompts, device, args, bf16: bool, batched: bool = True, **kw) -> dict:
+    gen = make_ours(model, device, args, bf16, batched, **kw)
     hw = images[0].shape[:2]
     eb = args.encoder_batch
     gen.generate(images[:eb], prompts[:eb], hw)  # warm-up (cuDNN / kernels)
@@ -163,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-masks", type=int, default=128)
     p.add_argument("--points-per-side", type=int, default=32 if cuda else 8)
     p.add_argument("--no-fp32", action="store_true", help="skip the ours-in-fp32 row (separates bf16 from batching/prompting)")
+    p.add_argument("--only-ours", action="store_true", help="ours in bf16 (fp32 on CPU) only: no fp32 row, no vanilla")
+    p.add_argument("--legacy", action="store_true", help="also ours image by image (batched=False), and its agreement with ours")
+    p.add_argument("--attention-variants", action="store_true", help="also ours with the decoder's own attention (attention=exact)")
+    p.add_argument("--profile", action="store_true", help="also profile one batch of ours (tables next to --out)")
     p.add_argument("--out", default=str(ROOT / "bench" / "out" / "masks_gpu.json"))
     args = p.parse_args(argv)
 
@@ -190,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {k: v for k, v in vars(args).items() if k != "out"},
         "mode": "full (CUDA)" if cuda else "smoke (CPU, tiny random-weight SAM)",
     }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     say(f"device {info['device']}; torch {torch.__version__}; models {args.models}; images {args.height}x{args.width}")
     rng = np.random.default_rng(0)
     n_unique = 12
@@ -208,13 +336,25 @@ def main(argv: list[str] | None = None) -> int:
             say(f"{model_type}: building random-weight model on {device}")
             model = build(model_type, device)
             n_params = sum(q.numel() for q in model.parameters())
-            rows = [("ours_bf16", True)] if cuda else [("ours_fp32", False)]
-            if cuda and not args.no_fp32 and model_type == args.models[0]:
-                rows.append(("ours_fp32", False))
-            for name, bf16 in rows:
+            rows = [("ours_bf16", True, True, {})] if cuda else [("ours_fp32", False, True, {})]
+            if cuda and not args.no_fp32 and not args.only_ours and model_type == args.models[0]:
+                rows.append(("ours_fp32", False, True, {}))
+            if args.attention_variants:
+                rows.append((rows[0][0] + "_exact_attention", rows[0][1], True, {"attention": "exact"}))
+            if args.legacy:
+                rows.append((rows[0][0] + "_per_image", rows[0][1], False, {}))
+            for name, bf16, batched, kw in rows:
                 try:
                     say(f"{model_type}: {name} ({args.ours_images} images, batches of {args.encoder_batch})")
-                    r = bench_ours(model, images, prompts, device, args, bf16)
+                    r = bench_ours(model, images, prompts, device, args, bf16, batched, **kw)
+                    if not batched:  # the same images through both paths
+                        r["agreement_with_batched"] = agreements(model, images, prompts, device, args)
+                        for key, val in r["agreement_with_batched"].items():
+                            say(f"{model_type}: {key}: {val}")
+                    if args.profile:
+                        r.update(profile_ours(make_ours(model, device, args, bf16, batched, **kw), images, prompts, device,
+                                              Path(args.out).parent / f"profile_{model_type}_{name}"))
+                        say(f"{model_type}: {name} host syncs per batch: {r['host_syncs']}")
                     say(f"{model_type}: {name} {r['images_per_s']:.2f} images/s ({r['masks_per_image']:.0f} masks/image, "
                         f"encoder alone {r['encoder_bound_images_per_s']:.1f} images/s)")
                     results.append({"model": model_type, "method": name, "params": n_params, **r})
@@ -225,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
                 if cuda:
                     torch.cuda.empty_cache()
             try:
+                if args.only_ours:
+                    continue
                 say(f"{model_type}: vanilla SamAutomaticMaskGenerator(points_per_side={args.points_per_side}), "
                     f"top {args.max_masks} masks kept, fp32")
                 r = bench_vanilla(model, images, device, args)

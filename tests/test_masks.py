@@ -170,6 +170,62 @@ def test_overlap_rule_smaller_on_top_and_small_masks_dropped():
     assert top.num_masks == 1 and (top.labels[2:18, 2:28] == 0).all()  # the best mask hides the others
 
 
+def paint_one_by_one(masks, score, rule, min_area):
+    """The overlap rule literally: paint mask by mask, drop masks owning < min_area, repaint once."""
+    area = masks.reshape(len(masks), -1).sum(1)
+    s = np.clip(score, 0, 1)
+    keep = [k for k in range(len(masks)) if area[k] >= max(1, min_area)]
+    for _ in range(2):
+        if rule == "smaller_on_top":  # largest first; equal areas: higher score later (on top)
+            order = sorted(keep, key=lambda k: (-area[k], s[k]))
+        else:
+            order = sorted(keep, key=lambda k: score[k])
+        labels = np.full(masks.shape[1:], -1)
+        for k in order:
+            labels[masks[k]] = k
+        owned = {k: int((labels == k).sum()) for k in keep}
+        small = [k for k in keep if owned[k] < max(1, min_area)]
+        if not small:
+            break
+        keep = [k for k in keep if k not in small]
+    alive = sorted((k for k in keep if owned[k] > 0), key=lambda k: -score[k])
+    remap = np.full(len(masks) + 1, -1)
+    remap[np.asarray(alive, int) + 1] = np.arange(len(alive))
+    return remap[labels + 1], alive
+
+
+@pytest.mark.parametrize("rule", ["smaller_on_top", "score_on_top"])
+def test_batched_overlap_rule_matches_painting_mask_by_mask(rule):
+    from lidarlift.masks.core import resolve_overlaps_batched
+
+    rng = np.random.default_rng(1)
+    G, K, h, w = 3, 9, 24, 31
+    masks = np.zeros((G, K, h, w), bool)
+    for g in range(G):
+        for k in range(K):
+            y0, x0 = rng.integers(0, h - 2), rng.integers(0, w - 2)
+            masks[g, k, y0:y0 + rng.integers(1, 14), x0:x0 + rng.integers(1, 20)] = True
+    masks[0, 1] = masks[0, 2]  # equal areas: the score decides
+    valid = np.ones((G, K), bool)
+    valid[1, 6:] = valid[2, 3:] = False  # padding
+    score = rng.uniform(0.2, 1.0, (G, K)).astype(np.float32)
+    seg = np.arange(G * K).reshape(G, K)
+    out = resolve_overlaps_batched(torch.from_numpy(masks), torch.from_numpy(valid), torch.from_numpy(score),
+                                   torch.from_numpy(score), torch.ones(G, K), torch.from_numpy(seg), torch.zeros(G, K, 2),
+                                   rule=rule, min_area=12).to_host()
+    for g in range(G):
+        n = int(valid[g].sum())
+        labels, alive = paint_one_by_one(masks[g, :n], score[g, :n], rule, 12)
+        r = out[g]
+        np.testing.assert_array_equal(r.labels, labels)
+        assert r.segment_id.tolist() == seg[g, alive].tolist() and r.score.tolist() == score[g, alive].tolist()
+        assert r.area.tolist() == [int((labels == k).sum()) for k in range(len(alive))]
+        for k in range(len(alive)):
+            ys, xs = np.nonzero(labels == k)
+            assert r.box[k].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    assert sum(r.num_masks for r in out) > 6
+
+
 # -- checkpoints ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
@@ -278,6 +334,36 @@ def test_prompted_sam_generator_batches_and_fills_every_array():
     # the real thresholds drop the random model's masks, the stage then stores none
     strict = SamPromptedGenerator(build_tiny_sam(), pred_iou_thresh=0.99, stability_thresh=0.99)
     assert strict.generate([image], [prompts], (45, 80))[0].num_masks == 0
+
+
+@pytest.mark.parametrize("kw", [
+    dict(nms_thresh=1.0, max_masks=25, min_mask_area=1, points_per_batch=16),
+    dict(nms_thresh=0.97, max_masks=10, min_mask_area=16, points_per_batch=7, overlap="score_on_top", attention="sdpa"),
+    dict(stability_thresh=0.3, stability_offset=0.02, nms_thresh=0.99, max_masks=40, min_mask_area=30, multimask="best"),
+    dict(pred_iou_thresh=0.16, nms_thresh=0.99, max_masks=40, multimask="single", attention="sdpa"),
+])
+def test_prompted_sam_batched_path_matches_the_image_by_image_reference(kw):
+    """One decoder call for several images' prompts (the image side of the first layer once per image,
+    fused attention with attention=sdpa), upscaling cropped to the image, one NMS per batch, painting
+    all images at once: the masks of the image-by-image path (decode())."""
+    from lidarlift.masks.prompts import Prompts
+    from lidarlift.masks.sam import SamPromptedGenerator, build_tiny_sam
+
+    image, uv, depth, seg, ground = small_street()
+    model = build_tiny_sam()
+    images = [image, image[:, ::-1].copy(), image[::-1].copy(), image]
+    prompts = [lidar_prompts(uv, seg, (90, 160), max_prompts=n) for n in (12, 30, 7)] + [Prompts.empty()]
+    kw = {"pred_iou_thresh": -1e9, "stability_thresh": -1e9, **kw}
+    ref = SamPromptedGenerator(model, encoder_batch=3, batched=False, **kw).generate(images, prompts, (45, 80))
+    new = SamPromptedGenerator(model, encoder_batch=3, **kw).generate(images, prompts, (45, 80))
+    assert [r.num_masks for r in new] == [r.num_masks for r in ref] and new[3].num_masks == 0 and new[0].num_masks >= 1
+    for a, b in zip(ref, new):
+        assert np.mean(a.labels == b.labels) > 0.99  # equal here; float summation order may differ elsewhere
+        for f in ("area", "box", "prompt_source", "segment_id", "prompt_uv"):
+            assert getattr(a, f).dtype == getattr(b, f).dtype and getattr(a, f).shape == getattr(b, f).shape, f
+        np.testing.assert_allclose(a.score, b.score, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(a.stability, b.stability, rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(a.segment_id, b.segment_id)
 
 
 def test_vanilla_generator_keeps_a_fixed_number_of_masks():

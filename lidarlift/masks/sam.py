@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from lidarlift.compat import ensure_torchvision
-from lidarlift.masks.core import (SOURCE_GRID, ImageMasks, MaskBackendError, resolve_overlaps)
+from lidarlift.masks.core import (SOURCE_GRID, ImageMasks, MaskBackendError, resolve_overlaps,
+                                  resolve_overlaps_batched)
 from lidarlift.masks.prompts import Prompts
 
 ensure_torchvision()  # segment_anything imports torchvision
@@ -38,7 +40,8 @@ from segment_anything.modeling import (ImageEncoderViT, MaskDecoder, PromptEncod
                                        TwoWayTransformer)
 from segment_anything.utils.amg import (MaskData, batched_mask_to_box, calculate_stability_score,  # noqa: E402
                                         is_box_near_crop_edge, mask_to_rle_pytorch, uncrop_masks)
-from torchvision.ops import nms  # noqa: E402
+from segment_anything.modeling.common import LayerNorm2d  # noqa: E402
+from torchvision.ops import batched_nms, nms  # noqa: E402
 
 log = logging.getLogger("lidarlift.masks.sam")
 
@@ -207,6 +210,17 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike, *, sha256: str | No
     return model.to(device).eval()
 
 
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` without making the host wait: through pinned memory, non-blocking, on CUDA.
+
+    (A plain ``.to("cuda")`` of host memory synchronises the stream after the copy.)
+    """
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
 
@@ -221,12 +235,25 @@ class SamPromptedGenerator:
     ``stability_offset``, computed on the low-resolution logits) are dropped; box NMS at ``nms_thresh``;
     the best ``max_masks`` by predicted IoU are upsampled to the stored resolution and painted with the
     ``overlap`` rule. bf16 autocast on CUDA when ``bf16``.
+
+    :meth:`generate` runs each encoder batch as one batch end to end (``batched``, the default):
+    prompts of all its images go through the decoder together (``points_per_batch`` per call, a call
+    may span images), the upscaling of the decoder runs only on the part of the embedding that covers
+    the image (not the padding), filtering and NMS run once for the batch (one host sync, in NMS), and
+    masks are upsampled and painted for all images at once (see
+    :func:`lidarlift.masks.core.resolve_overlaps_batched`); results come to the host in two copies.
+    The first transformer layer's image-only projections are computed once per image, and
+    ``attention`` ``sdpa`` (``auto``: on CUDA) runs the decoder's attentions as fused
+    ``scaled_dot_product_attention`` (FlashAttention), ``exact`` with the module's matmul / softmax.
+    ``batched=False`` is the reference: image by image through :meth:`decode` (same masks up to
+    floating-point summation order; in bf16 that order changes roundings, see bench/masks_gpu.json).
     """
 
     def __init__(self, model: Sam, *, device: str | torch.device | None = None, encoder_batch: int = 6,
                  points_per_batch: int = 256, multimask: str = "all", pred_iou_thresh: float = 0.7,
                  stability_thresh: float = 0.8, stability_offset: float = 1.0, nms_thresh: float = 0.7,
-                 max_masks: int = 128, min_mask_area: int = 16, overlap: str = "smaller_on_top", bf16: bool = True):
+                 max_masks: int = 128, min_mask_area: int = 16, overlap: str = "smaller_on_top", bf16: bool = True,
+                 batched: bool = True, attention: str = "auto"):
         if multimask not in ("all", "best", "single"):
             raise ValueError(f"config key masks.multimask: {multimask!r} is not one of all, best, single")
         self.model = model.eval()
@@ -243,7 +270,14 @@ class SamPromptedGenerator:
         self.min_mask_area = min_mask_area
         self.overlap = overlap
         self.bf16 = bf16
+        self.batched = batched
+        self.profile_ranges = False  # torch.profiler ranges (sam.decoder, sam.nms, ...) in the batched path
         self.timings: dict[str, float] = {"encoder_s": 0.0, "decoder_s": 0.0, "images": 0}
+        self._dense_pe: dict[torch.dtype, torch.Tensor] = {}
+        self._crop_upscaling = _upscaling_is_local(self.model.mask_decoder)
+        if attention not in ("auto", "exact", "sdpa"):
+            raise ValueError(f"attention: {attention!r} is not one of auto, exact, sdpa")
+        self.attention = ("sdpa" if self.device.type == "cuda" else "exact") if attention == "auto" else attention
 
     # -- encoder -------------------------------------------------------------------------------------
     def _input_size(self, h: int, w: int) -> tuple[int, int]:
@@ -328,13 +362,364 @@ class SamPromptedGenerator:
             if sync:
                 torch.cuda.synchronize(self.device)
             t1 = time.perf_counter()
-            for j, feat in enumerate(feats):
-                i = a + j
-                out.append(self.decode(feat, input_sizes[j], tuple(images[i].shape[:2]), prompts[i], out_hw))
+            image_sizes = [tuple(im.shape[:2]) for im in images[a:a + len(feats)]]
+            if self.batched:
+                out += self.decode_batch(feats, input_sizes, image_sizes, prompts[a:a + len(feats)], out_hw)
+            else:
+                for j, feat in enumerate(feats):
+                    out.append(self.decode(feat, input_sizes[j], image_sizes[j], prompts[a + j], out_hw))
             self.timings["encoder_s"] += t1 - t0
             self.timings["decoder_s"] += time.perf_counter() - t1
             self.timings["images"] += len(feats)
         return out
+
+    # -- the batched path ----------------------------------------------------------------------------
+    def _dense_pe_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """The decoder's dense positional encoding (1, C, e, e) in ``dtype`` (constant: computed once)."""
+        if dtype not in self._dense_pe:
+            with torch.inference_mode():
+                self._dense_pe[dtype] = self.model.prompt_encoder.get_dense_pe().to(dtype)
+        return self._dense_pe[dtype]
+
+    def _sparse_embed(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``PromptEncoder(points=(coords, labels), boxes=None, masks=None)``'s sparse embeddings.
+
+        The same operations and dtypes as segment-anything's ``_embed_points(pad=True)``, with the
+        label-dependent updates as ``torch.where`` instead of boolean-mask indexing (which makes the
+        host wait for the device four times per call).
+        """
+        pe = self.model.prompt_encoder
+        points = coords + 0.5
+        points = torch.cat([points, torch.zeros((points.shape[0], 1, 2), device=points.device)], dim=1)
+        labels = torch.cat([labels, -torch.ones((labels.shape[0], 1), device=labels.device)], dim=1)[..., None]
+        emb = pe.pe_layer.forward_with_coords(points, pe.input_image_size)
+        dt = emb.dtype  # in-place updates of the original keep the embedding's dtype
+        emb = torch.where(labels == -1, pe.not_a_point_embed.weight.to(dt), emb)
+        emb = torch.where(labels == 0, (emb.float() + pe.point_embeddings[0].weight).to(dt), emb)
+        emb = torch.where(labels == 1, (emb.float() + pe.point_embeddings[1].weight).to(dt), emb)
+        return torch.cat([torch.empty((emb.shape[0], 0, pe.embed_dim), device=emb.device), emb], dim=1)
+
+    def _decode_prompts(self, shared: "_SharedImages", segments: list[tuple[int, int, int]], sparse: torch.Tensor,
+                        low_hw: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``MaskDecoder`` on prompts of several images: low-res logits (n, k, lh, lw) cropped to the image, iou (n, k).
+
+        ``segments``: (image, first, end) runs of the prompts of one image. As
+        ``MaskDecoder.predict_masks`` (see :func:`_two_way_transformer` for the transformer), except
+        that the output upscaling (two stride-2 transposed convolutions, a per-pixel norm and
+        activations: each output pixel depends on one embedding pixel) runs only on the embedding
+        pixels that cover the image.
+        """
+        md = self.model.mask_decoder
+        output_tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)
+        output_tokens = output_tokens.unsqueeze(0).expand(sparse.size(0), -1, -1)
+        tokens = torch.cat((output_tokens, sparse), dim=1)
+        hs, keys = _two_way_transformer(md.transformer, shared, tokens, segments, self.attention == "sdpa")
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1:(1 + md.num_mask_tokens), :]
+        b = keys.shape[0]
+        c, h, w = shared.chw
+        src = keys.transpose(1, 2).view(b, c, h, w)
+        lh, lw = low_hw
+        if self._crop_upscaling:
+            src = src[:, :, :-(-lh // 4), :-(-lw // 4)]
+        upscaled = md.output_upscaling(src)
+        hyper_in = torch.stack([md.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
+                                for i in range(md.num_mask_tokens)], dim=1)
+        b, c, uh, uw = upscaled.shape
+        if upscaled.is_contiguous():
+            masks = (hyper_in @ upscaled.view(b, c, uh * uw)).view(b, -1, uh, uw)
+        else:  # channels-last (the embedding is token-major): the same products without a transposing copy
+            flat = upscaled.permute(0, 2, 3, 1).reshape(b, uh * uw, c)
+            masks = (flat @ hyper_in.transpose(1, 2)).permute(0, 2, 1).reshape(b, -1, uh, uw)
+        iou_pred = md.iou_prediction_head(iou_token_out)
+        sl = slice(1, None) if self.multimask != "single" else slice(0, 1)
+        return masks[:, sl, :lh, :lw], iou_pred[:, sl]
+
+    @torch.inference_mode()
+    def decode_batch(self, feats: torch.Tensor, input_sizes: list[tuple[int, int]], image_sizes: list[tuple[int, int]],
+                     prompts: list[Prompts], out_hw: tuple[int, int]) -> list[ImageMasks]:
+        """Masks of B images from their embeddings (B, C, e, e), resized input sizes, original sizes and prompts.
+
+        The whole batch at once: same filtering, NMS, top-k and overlap rule as :meth:`decode`.
+        Images whose low-resolution crop has the same size (and prompts the same number of points)
+        are decoded and painted together.
+        """
+        h_out, w_out = out_hw
+        out: list[ImageMasks | None] = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        img = self.model.image_encoder.img_size
+        low_res = 4 * self.model.prompt_encoder.image_embedding_size[0]
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                out[i] = ImageMasks.empty(h_out, w_out)
+                continue
+            ih, iw = input_sizes[i]
+            low_hw = (max(1, int(round(ih * low_res / img))), max(1, int(round(iw * low_res / img))))
+            groups.setdefault((low_hw, p.uv.shape[1]), []).append(i)
+        for (low_hw, _), members in groups.items():
+            for i, r in zip(members, self._decode_group(feats, members, input_sizes, image_sizes, prompts, low_hw, out_hw)):
+                out[i] = r
+        return out  # type: ignore[return-value]
+
+    def _decode_group(self, feats: torch.Tensor, members: list[int], input_sizes, image_sizes, prompts: list[Prompts],
+                      low_hw: tuple[int, int], out_hw: tuple[int, int]) -> list[ImageMasks]:
+        dev = self.device
+        h_out, w_out = out_hw
+        thr = self.model.mask_threshold
+        pe = self.model.prompt_encoder
+        # prompts of the group's images, scaled to each image's encoder input (as decode() does)
+        coords_np, labels_np, image_np, prompt_np = [], [], [], []
+        for g, i in enumerate(members):
+            (H, W), (ih, iw) = image_sizes[i], input_sizes[i]
+            p = prompts[i]
+            coords_np.append(p.uv.astype(np.float32) * np.array([iw / W, ih / H], np.float32))
+            labels_np.append(np.where(p.valid, 1, -1).astype(np.int32))
+            image_np.append(np.full(len(p), g, np.int64))
+            prompt_np.append(np.arange(len(p), dtype=np.int64))
+        rf = torch.profiler.record_function if self.profile_ranges else (lambda name: nullcontext())
+        coords_all = _to_device(np.concatenate(coords_np), dev)
+        labels_all = _to_device(np.concatenate(labels_np), dev)
+        image_all = np.concatenate(image_np)
+        prompt_all = np.concatenate(prompt_np)
+        image_dev = _to_device(image_all, dev)
+        member_idx = _to_device(np.asarray(members, np.int64), dev)
+        dense = pe.no_mask_embed.weight.reshape(1, -1, 1, 1).to(feats.dtype)
+        with _autocast(dev, self.bf16):  # the image side of the first transformer layer, once per image
+            shared = _SharedImages.make(self.model.mask_decoder.transformer, feats[member_idx] + dense,
+                                        self._dense_pe_as(feats.dtype), self.attention == "sdpa")
+        starts = np.cumsum([0] + [len(prompts[i]) for i in members])
+        cand_logits, cand_iou, cand_stab, cand_box, cand_ok = [], [], [], [], []
+        n_prompts = coords_all.shape[0]
+        for a in range(0, n_prompts, self.points_per_batch):
+            b = min(n_prompts, a + self.points_per_batch)
+            with rf("sam.decoder"), _autocast(dev, self.bf16):
+                sparse = self._sparse_embed(coords_all[a:b], labels_all[a:b])
+                segments = [(g, max(a, int(starts[g])) - a, min(b, int(starts[g + 1])) - a) for g in range(len(members))
+                            if starts[g] < b and starts[g + 1] > a]
+                low, iou = self._decode_prompts(shared, segments, sparse, low_hw)
+            if self.multimask == "best" and low.shape[1] > 1:
+                best = iou.float().argmax(1)
+                ar = torch.arange(low.shape[0], device=dev)
+                low, iou = low[ar, best][:, None], iou[ar, best][:, None]
+            with rf("sam.filter"):
+                low, iou = low.flatten(0, 1), iou.float().flatten()
+                low32 = low.float()
+                stab = calculate_stability_score(low32, thr, self.stability_offset)
+                binary = low32 > thr
+                box = batched_mask_to_box(binary)
+                ok = (iou > self.pred_iou_thresh) & (stab >= self.stability_thresh) & binary.flatten(1).any(1)
+            for acc, t in zip((cand_logits, cand_iou, cand_stab, cand_box, cand_ok), (low, iou, stab, box, ok)):
+                acc.append(t)
+        logits, iou, stab, ok = (torch.cat(t) for t in (cand_logits, cand_iou, cand_stab, cand_ok))
+        box = torch.cat(cand_box).float()
+        box[:, 2:] += 1
+        k = logits.shape[0] // n_prompts  # candidates per prompt
+        cand_image = image_dev.repeat_interleave(k)
+        # NMS of the whole group (per image); candidates that failed the filters score -inf, so they are
+        # considered last and cannot suppress any other; NMS is the one place the host waits
+        with rf("sam.nms"):
+            keep = batched_nms(box, torch.where(ok, iou, float("-inf")), cand_image, self.nms_thresh)
+            keep_h = torch.stack([keep, ok[keep].long()]).cpu().numpy()
+        keep_h = keep_h[0, keep_h[1] == 1]  # indices of passing candidates, by decreasing score
+        cand_image_h = np.repeat(image_all, k)
+        G = len(members)
+        sel = [keep_h[cand_image_h[keep_h] == g][:self.max_masks] for g in range(G)]
+        K = max(len(s_) for s_ in sel)
+        if K == 0:
+            return [ImageMasks.empty(h_out, w_out) for _ in members]
+        index = np.zeros((G, K), np.int64)
+        valid = np.zeros((G, K), bool)
+        source = np.zeros((G, K), np.int64)
+        segment = np.full((G, K), -1, np.int64)
+        puv = np.zeros((G, K, 2), np.float32)
+        for g, (i, s_) in enumerate(zip(members, sel)):
+            n = len(s_)
+            index[g, :n], valid[g, :n] = s_, True
+            pidx = prompt_all[s_ // k]
+            (H, W), p = image_sizes[i], prompts[i]
+            source[g, :n] = p.source[pidx]
+            segment[g, :n] = p.segment_id[pidx]
+            puv[g, :n] = p.uv[pidx, 0, :] * np.array([w_out / W, h_out / H], np.float32)
+        index_d = _to_device(index, dev)
+        with rf("sam.upsample"):
+            masks = self._upsample(logits, index_d.flatten(), out_hw).view(G, K, h_out, w_out)
+        with rf("sam.paint"):
+            painted = resolve_overlaps_batched(
+                masks, _to_device(valid, dev), iou[index_d], stab[index_d], _to_device(source, dev),
+                _to_device(segment, dev), _to_device(puv, dev), rule=self.overlap, min_area=self.min_mask_area)
+        with rf("sam.to_host"):
+            return painted.to_host()
+
+    def _upsample(self, logits: torch.Tensor, index: torch.Tensor, out_hw: tuple[int, int],
+                  chunk_pixels: int = 1 << 25) -> torch.Tensor:
+        """(n, h, w) bool: ``logits[index]`` (low resolution) upsampled (bilinear) to ``out_hw`` and thresholded.
+
+        In chunks of about ``chunk_pixels`` output pixels, so the float32 upsampled logits never exist
+        for all masks at once.
+        """
+        h, w = out_hw
+        n = index.shape[0]
+        masks = torch.empty((n, h, w), dtype=torch.bool, device=logits.device)
+        step = max(1, chunk_pixels // (h * w))
+        for a in range(0, n, step):
+            sel = logits[index[a:a + step]]
+            up = F.interpolate(sel[:, None].float(), (h, w), mode="bilinear", align_corners=False)[:, 0]
+            torch.gt(up, self.model.mask_threshold, out=masks[a:a + step])
+        return masks
+
+
+class _SharedImages:
+    """Per-image inputs of the decoder's transformer, shared by all prompts of an image.
+
+    keys: (B, HW, C) image embeddings plus the no-mask dense embedding, token-major and contiguous
+    (elementwise ops and linears on every prompt's copy then need no transposing copies); pe: (1, HW, C)
+    the dense positional encoding, broadcast to every prompt instead of copied; and the projections of
+    the first layer that only see the image (its keys do not depend on the prompt until that layer's
+    image-to-token attention): k / v of the token-to-image attention, q of the image-to-token one.
+    """
+
+    def __init__(self, keys, pe, chw, k1, v1, q2):
+        self.keys, self.pe, self.chw, self.k1, self.v1, self.q2 = keys, pe, chw, k1, v1, q2
+
+    @staticmethod
+    def make(transformer, src: torch.Tensor, dense_pe: torch.Tensor, sdpa: bool) -> "_SharedImages":
+        b, c, h, w = src.shape
+        keys = src.flatten(2).transpose(1, 2).contiguous()
+        pe = dense_pe.flatten(2).transpose(1, 2).contiguous()
+        layer = transformer.layers[0]
+        kp = keys + pe
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        heads = t2i._separate_heads
+        return _SharedImages(keys, pe, (c, h, w), heads(t2i.k_proj(kp), t2i.num_heads),
+                             heads(t2i.v_proj(keys), t2i.num_heads), heads(i2t.q_proj(kp), i2t.num_heads))
+
+
+def _attention(attn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool) -> torch.Tensor:
+    """segment-anything's ``Attention`` module on (b, n, C) inputs; ``sdpa``: the attention itself through
+    ``F.scaled_dot_product_attention`` (fused; scores and softmax in float32 instead of rounding the
+    scores to bf16 first) instead of the module's matmul / softmax / matmul."""
+    if not sdpa:
+        return attn(q=q, k=k, v=v)
+    h = attn.num_heads
+    out = F.scaled_dot_product_attention(attn._separate_heads(attn.q_proj(q), h), attn._separate_heads(attn.k_proj(k), h),
+                                         attn._separate_heads(attn.v_proj(v), h))
+    return attn.out_proj(attn._recombine_heads(out))
+
+
+def _heads_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sdpa: bool) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) v on (b, heads, n, d) tensors: the module's formula, or fused."""
+    if sdpa:
+        return F.scaled_dot_product_attention(q, k, v)
+    attn = q @ k.permute(0, 1, 3, 2)
+    attn = attn / math.sqrt(q.shape[-1])
+    attn = torch.softmax(attn, dim=-1)
+    return attn @ v
+
+
+def _block(layer, queries, keys, query_pe, key_pe, sdpa: bool):
+    """``TwoWayAttentionBlock.forward`` with :func:`_attention`; ``keys + key_pe`` is computed once (the
+    block computes it twice, and the keys do not change in between)."""
+    if layer.skip_first_layer_pe:
+        queries = _attention(layer.self_attn, queries, queries, queries, sdpa)
+    else:
+        q = queries + query_pe
+        queries = queries + _attention(layer.self_attn, q, q, queries, sdpa)
+    queries = layer.norm1(queries)
+    q = queries + query_pe
+    k = keys + key_pe
+    queries = layer.norm2(queries + _attention(layer.cross_attn_token_to_image, q, k, keys, sdpa))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    q = queries + query_pe
+    keys = layer.norm4(keys + _attention(layer.cross_attn_image_to_token, k, q, queries, sdpa))
+    return queries, keys
+
+
+def _sdpa_backends():
+    """Fused attention kernels without per-shape set-up: FlashAttention, memory-efficient, math.
+
+    (cuDNN's attention, which torch may prefer, builds an execution plan for every new sequence
+    length, and here the lengths change with the number of prompts of each image.)
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # torch < 2.3
+        return nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def _two_way_transformer(transformer, shared: _SharedImages, tokens: torch.Tensor, segments: list[tuple[int, int, int]],
+                         sdpa: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``TwoWayTransformer.forward`` for prompts of several images: (queries (n, T, C), keys (n, HW, C)).
+
+    The same layers and operations; what differs is where the work is done. In the first layer the
+    image keys are still the image's own (the same for all its prompts): the token-to-image attention's
+    keys / values and the image-to-token attention's queries are projected once per image
+    (:class:`_SharedImages`), and the prompts of an image attend to its keys as one sequence of
+    queries (each query row attends to the same keys). From the first layer's image-to-token update on
+    the keys are per prompt, and the remaining layers and the final attention run as in segment-anything
+    (the positional encoding added to them converted once to their dtype: float32 under autocast).
+    """
+    with _sdpa_backends() if sdpa else nullcontext():
+        return _two_way_transformer_impl(transformer, shared, tokens, segments, sdpa)
+
+
+def _two_way_transformer_impl(transformer, shared, tokens, segments, sdpa):
+    point_embedding = queries = tokens
+    layer = transformer.layers[0]
+    if layer.skip_first_layer_pe:
+        queries = _attention(layer.self_attn, queries, queries, queries, sdpa)
+    else:
+        q = queries + point_embedding
+        queries = queries + _attention(layer.self_attn, q, q, queries, sdpa)
+    queries = layer.norm1(queries)
+    # token-to-image with the image's keys / values
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    n, T, _ = queries.shape
+    qh = t2i._separate_heads(t2i.q_proj(queries + point_embedding), t2i.num_heads)  # (n, h, T, d)
+    out = torch.empty_like(qh)
+    for g, a, b in segments:
+        q_seg = qh[a:b].transpose(0, 1).reshape(1, qh.shape[1], (b - a) * T, qh.shape[3])
+        o = _heads_attention(q_seg, shared.k1[g:g + 1], shared.v1[g:g + 1], sdpa)
+        out[a:b] = o.reshape(qh.shape[1], b - a, T, qh.shape[3]).transpose(0, 1)
+    queries = layer.norm2(queries + t2i.out_proj(t2i._recombine_heads(out)))
+    queries = layer.norm3(queries + layer.mlp(queries))
+    # image-to-token with the image's queries
+    q = queries + point_embedding
+    kh = i2t._separate_heads(i2t.k_proj(q), i2t.num_heads)  # (n, h, T, d)
+    vh = i2t._separate_heads(i2t.v_proj(queries), i2t.num_heads)
+    outs = []
+    for g, a, b in segments:
+        q_img = shared.q2[g:g + 1].expand(b - a, -1, -1, -1)
+        outs.append(_heads_attention(q_img, kh[a:b], vh[a:b], sdpa))
+    attn_out = i2t.out_proj(i2t._recombine_heads(torch.cat(outs) if len(outs) > 1 else outs[0]))
+    keys = torch.empty_like(attn_out, dtype=torch.promote_types(shared.keys.dtype, attn_out.dtype))
+    for g, a, b in segments:
+        torch.add(shared.keys[g:g + 1], attn_out[a:b], out=keys[a:b])
+    keys = layer.norm4(keys)
+    key_pe = shared.pe.to(keys.dtype)  # exact (bf16 -> float32); same-dtype adds are the faster kernels
+    for layer in transformer.layers[1:]:
+        queries, keys = _block(layer, queries, keys, point_embedding, key_pe, sdpa)
+    q = queries + point_embedding
+    k = keys + key_pe
+    queries = transformer.norm_final_attn(queries + _attention(transformer.final_attn_token_to_image, q, k, keys, sdpa))
+    return queries, keys
+
+
+def _upscaling_is_local(decoder: MaskDecoder) -> bool:
+    """Whether each pixel of the decoder's upscaled embedding depends on one embedding pixel only.
+
+    True for segment-anything's ``output_upscaling`` (stride-2 2x2 transposed convolutions, a
+    per-pixel LayerNorm2d and pointwise activations): then upscaling only the embedding pixels that
+    cover the image gives the same logits there.
+    """
+    for m in decoder.output_upscaling:
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            if tuple(m.kernel_size) != (2, 2) or tuple(m.stride) != (2, 2) or tuple(m.padding) != (0, 0) \
+                    or tuple(m.output_padding) != (0, 0) or tuple(m.dilation) != (1, 1):
+                return False
+        elif not isinstance(m, (LayerNorm2d, torch.nn.GELU, torch.nn.ReLU)):
+            return False
+    return sum(isinstance(m, torch.nn.ConvTranspose2d) for m in decoder.output_upscaling) == 2
 
 
 def filter_candidates(low: torch.Tensor, iou: torch.Tensor, first_prompt: int, *, multimask: str = "all",
