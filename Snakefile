@@ -22,6 +22,7 @@ include: "rules/associate.smk"
 include: "rules/superpixels.smk"
 include: "rules/presegment.smk"
 include: "rules/masks.smk"
+include: "rules/pseudolabels.smk"
 include: "rules/evaluate.smk"
 include: "rules/train.smk"
 

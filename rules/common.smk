@@ -42,6 +42,12 @@ def all_metrics(wildcards):
     return {key: list(paths) for key, paths in SUMMARY_INPUTS.items()}
 
 
+def world_params():
+    """The dataset keys that shape the generated world (not sweeps_prev etc., which only the manifest reads)."""
+    ds = config["dataset"]
+    return {k: ds[k] for k in ("dataroot", "version", "format")}
+
+
 def stage_params(section):
     """The config section of a stage, passed as ``params:`` so Snakemake's params trigger sees changes."""
     return config.get(section, {})

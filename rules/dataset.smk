@@ -6,18 +6,18 @@ rule synth:
     output:
         done=f"{config['dataset']['dataroot']}/.lidarlift_world_done",
         stats=f"{RESULTS}/synth/stats.json",
-    params:
-        synth=stage_params("synth"),
-        dataset=stage_params("dataset"),
     log:
         f"{RESULTS}/logs/synth.log",
     benchmark:
         f"{RESULTS}/benchmarks/synth.tsv"
+    conda:
+        "../envs/lidarlift.yaml"
     threads: 2
     resources:
         mem_mb=4000,
-    conda:
-        "../envs/lidarlift.yaml"
+    params:
+        synth=stage_params("synth"),
+        dataset=world_params(),
     script:
         "../workflow/scripts/synth.py"
 
@@ -29,17 +29,17 @@ rule manifest:
     output:
         manifest=manifest_path(),
         metrics=f"{RESULTS}/manifest.metrics.json",
-    params:
-        dataset=stage_params("dataset"),
-        labels=stage_params("labels"),
     log:
         f"{RESULTS}/logs/manifest.log",
     benchmark:
         f"{RESULTS}/benchmarks/manifest.tsv"
-    resources:
-        mem_mb=2000,
     conda:
         "../envs/lidarlift.yaml"
+    resources:
+        mem_mb=2000,
+    params:
+        dataset=stage_params("dataset"),
+        labels=stage_params("labels"),
     script:
         "../workflow/scripts/manifest.py"
 
@@ -60,5 +60,7 @@ rule summary:
         f"{RESULTS}/logs/summary.log",
     conda:
         "../envs/lidarlift.yaml"
+    params:
+        labels=stage_params("labels"),
     script:
         "../workflow/scripts/summary.py"

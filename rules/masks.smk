@@ -20,7 +20,7 @@ rule masks:
     benchmark:
         f"{RESULTS}/benchmarks/masks/{{shard}}.tsv"
     conda:
-        "../envs/lidarlift.yaml"
+        "../envs/gpu.yaml"
     threads: 2
     resources:
         mem_mb=8000,

@@ -1,0 +1,475 @@
+"""The ``pseudolabels`` stage: read one shard's input stores, make one EM round's labels, write store + metrics.
+
+Inputs (all through :mod:`lidarlift.artifacts`): ``associate`` (uv, in_image, visible), ``presegment``
+(ground, segment_id, ground_cell), ``superpixels`` and ``masks`` (label maps at their working
+resolution; the scale is taken from the map size against the manifest's image size), the shard's
+clicks file (clicks mode), and for rounds >= 1 the round-0 ``pseudolabels`` store and the ``predict``
+store of round ``r - 1``. Points and ground truth come from the manifest's files.
+
+A keyframe the upstream stages skipped (zero rows under ``bad_sample_policy: skip``) gets zero rows
+here too; any other disagreement in point counts between the stores and the LiDAR file is an error
+naming the store and the sample.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lidarlift import artifacts as A
+from lidarlift.classes import LabelSpace, label_space
+from lidarlift.datasets.readers import read_image, read_lidar
+from lidarlift.groundtruth import image_truth, point_truth
+from lidarlift.manifest import Manifest, SampleRecord
+from lidarlift.workflow import write_json
+
+from . import annotation_free as af
+from . import clicks as ck
+from .estep import EStepParams, calibrate, estep
+from .metrics import add_counts, label_counts, panoptic_counts
+from .propagate import Evidence, GraphParams, Labels, estimate_rings, iupc_propagate, ours_propagate
+from .simulate2d import Corruption, class_lookup, image_rng, read_map, simulate_map
+
+log = logging.getLogger(__name__)
+
+MODES = ("clicks", "annotation_free")
+PROPAGATIONS = ("ours", "iupc")
+AF_METHODS = ("ours", "pointsam")
+
+
+class PseudoLabelError(RuntimeError):
+    """Inputs of the pseudolabels stage disagree (point counts, shards, missing stores)."""
+
+
+def _check_keys(section: str, cfg: dict[str, Any], names: set[str]) -> None:
+    unknown = sorted(set(cfg) - names)
+    if unknown:
+        raise ValueError(f"config section {section}: unknown keys {unknown}; known: {sorted(names)}")
+
+
+@dataclass(frozen=True)
+class ClickParams:
+    """Config ``pseudolabels.clicks``."""
+
+    protocol: str = "budget"
+    share: float = 0.001
+    seed: int = 0
+    min_region_points: int = 5
+    stuff_link_m: float = 1.0
+    file: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> "ClickParams":
+        cfg = dict(cfg or {})
+        _check_keys("pseudolabels.clicks", cfg, {f.name for f in fields(cls)})
+        p = cls(**cfg)
+        if p.protocol not in ck.PROTOCOLS:
+            raise ValueError(f"config key pseudolabels.clicks.protocol: {p.protocol!r} is not one of {ck.PROTOCOLS}")
+        if p.protocol == "file" and not p.file:
+            raise ValueError("config key pseudolabels.clicks.file: protocol 'file' needs the path of a clicks file")
+        if not 0 <= p.share <= 1:
+            raise ValueError(f"config key pseudolabels.clicks.share: {p.share} is not a share in 0..1")
+        return p
+
+
+@dataclass(frozen=True)
+class Semantic2DParams:
+    """Config ``pseudolabels.annotation_free.semantic2d``."""
+
+    source: str = "simulated"
+    dir: str | None = None
+    classes: tuple[str, ...] = ()
+    mapping: dict[str, str | None] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> "Semantic2DParams":
+        cfg = dict(cfg or {})
+        _check_keys("pseudolabels.annotation_free.semantic2d", cfg, {f.name for f in fields(cls)})
+        p = cls(source=cfg.get("source", "simulated"), dir=cfg.get("dir"), classes=tuple(cfg.get("classes") or ()),
+                mapping=dict(cfg.get("mapping") or {}))
+        if p.source not in ("simulated", "files"):
+            raise ValueError(f"config key pseudolabels.annotation_free.semantic2d.source: {p.source!r} is not 'simulated' or 'files'")
+        if p.source == "files" and not p.dir:
+            raise ValueError("config key pseudolabels.annotation_free.semantic2d.dir: source 'files' needs the maps' folder")
+        return p
+
+
+@dataclass(frozen=True)
+class StageParams:
+    """The ``pseudolabels`` config section, parsed and checked."""
+
+    mode: str = "clicks"
+    propagation: str = "ours"
+    baseline: bool = True
+    pq_min_points: int = 15
+    clicks: ClickParams = ClickParams()
+    ours: GraphParams = GraphParams()
+    af_method: str = "ours"
+    semantic2d: Semantic2DParams = Semantic2DParams()
+    corruption: Corruption = Corruption()
+    refine: af.AnnotationFreeParams = af.AnnotationFreeParams()
+    estep: EStepParams = EStepParams()
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None) -> "StageParams":
+        cfg = dict(cfg or {})
+        _check_keys("pseudolabels", cfg, {"mode", "propagation", "baseline", "pq_min_points", "clicks", "ours",
+                                          "annotation_free", "estep"})
+        afc = dict(cfg.get("annotation_free") or {})
+        _check_keys("pseudolabels.annotation_free", afc, {"method", "semantic2d", "simulated", "refine"})
+        p = cls(
+            mode=cfg.get("mode", "clicks"), propagation=cfg.get("propagation", "ours"),
+            baseline=bool(cfg.get("baseline", True)), pq_min_points=int(cfg.get("pq_min_points", 15)),
+            clicks=ClickParams.from_config(cfg.get("clicks")), ours=GraphParams.from_config(cfg.get("ours")),
+            af_method=afc.get("method", "ours"), semantic2d=Semantic2DParams.from_config(afc.get("semantic2d")),
+            corruption=Corruption.from_config(afc.get("simulated")), refine=af.AnnotationFreeParams.from_config(afc.get("refine")),
+            estep=EStepParams.from_config(cfg.get("estep")),
+        )
+        if p.mode not in MODES:
+            raise ValueError(f"config key pseudolabels.mode: {p.mode!r} is not one of {MODES}")
+        if p.propagation not in PROPAGATIONS:
+            raise ValueError(f"config key pseudolabels.propagation: {p.propagation!r} is not one of {PROPAGATIONS}")
+        if p.af_method not in AF_METHODS:
+            raise ValueError(f"config key pseudolabels.annotation_free.method: {p.af_method!r} is not one of {AF_METHODS}")
+        return p
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class SampleData:
+    """One keyframe's inputs. ``uv`` (N, C, 2), ``in_image`` / ``visible`` (N, C); ``truth`` / ``instance``
+    (N,) or None; ``evidence`` for the propagation; ``image_index`` = s * C (first camera's image)."""
+
+    record: SampleRecord
+    evidence: Evidence
+    uv: np.ndarray
+    in_image: np.ndarray
+    visible: np.ndarray
+    truth: np.ndarray | None
+    instance: np.ndarray | None
+    image_index: int
+
+
+def _image_sizes(sample: SampleRecord) -> list[tuple[int, int]]:
+    return [(c.height, c.width) for c in sample.cameras]
+
+
+def _per_view_ids(store, uv: np.ndarray, flag: np.ndarray, first_image: int, sizes: list[tuple[int, int]],
+                  array: str) -> np.ndarray:
+    """(N, C) int32: id in ``array`` (label maps (I, h, w)) under each point's pixel where ``flag``, else -1."""
+    n, c = flag.shape
+    out = np.full((n, c), -1, np.int32)
+    for cam in range(c):
+        pts = np.flatnonzero(flag[:, cam])
+        if len(pts) == 0:
+            continue
+        img = np.asarray(store[array][first_image + cam])
+        H, W = sizes[cam]
+        out[pts, cam] = af.pixel_lookup(img, uv[pts, cam], (img.shape[1] / W, img.shape[0] / H), fill=-1)
+    return out
+
+
+def _rings(manifest: Manifest, sample: SampleRecord, pts: np.ndarray) -> np.ndarray:
+    """Beam index of each point: the nuScenes file's ring column (its 5th), else estimated from elevation."""
+    if sample.lidar.fmt == "nuscenes":
+        raw = np.fromfile(manifest.resolve(sample.lidar.path), dtype=np.float32).reshape(-1, 5)
+        return raw[:, 4].astype(np.int64)
+    return estimate_rings(pts[:, :3])
+
+
+def point_colours(manifest: Manifest, sample: SampleRecord, uv: np.ndarray, visible: np.ndarray, blur: int = 3) -> np.ndarray:
+    """(N, 3) float32 CIE-Lab colour of each point in the camera images that see it (``blur`` x ``blur``
+    box-filtered, averaged over the views); NaN where no camera sees it."""
+    n, c = visible.shape
+    total = np.zeros((n, 3))
+    count = np.zeros(n)
+    for cam in range(c):
+        pts = np.flatnonzero(visible[:, cam])
+        if len(pts) == 0:
+            continue
+        image = read_image(manifest.resolve(sample.cameras[cam].path), sample.token)
+        lab = cv2.cvtColor(cv2.blur(image, (blur, blur)), cv2.COLOR_RGB2LAB)
+        h, w = lab.shape[:2]
+        x = np.clip(np.floor(uv[pts, cam, 0]).astype(np.int64), 0, w - 1)
+        y = np.clip(np.floor(uv[pts, cam, 1]).astype(np.int64), 0, h - 1)
+        total[pts] += lab[y, x]
+        count[pts] += 1
+    out = np.full((n, 3), np.nan, np.float32)
+    has = count > 0
+    out[has] = total[has] / count[has, None]
+    return out
+
+
+def load_shard(manifest: Manifest, shard: str, associate: str | Path, presegment: str | Path,
+               superpixels: str | Path | None = None, masks: str | Path | None = None,
+               colours: bool = True) -> list[SampleData]:
+    """Every keyframe of ``shard`` with its evidence (see :class:`SampleData`); with ``colours``, the
+    points' colours in the camera images."""
+    samples = manifest.shard_samples(shard)
+    assoc = A.open_store(associate, "associate")
+    pre = A.open_store(presegment, "presegment")
+    off = A.read(assoc, "point_offsets").astype(np.int64)
+    off_pre = A.read(pre, "point_offsets").astype(np.int64)
+    if len(off) != len(samples) + 1:
+        raise PseudoLabelError(f"associate store {associate} has {len(off) - 1} keyframes, shard {shard} has {len(samples)}")
+    if not np.array_equal(off, off_pre):
+        raise PseudoLabelError(f"presegment store {presegment} and associate store {associate} disagree on the points of shard {shard}")
+    sp = A.open_store(superpixels, "superpixels") if superpixels else None
+    mk = A.open_store(masks, "masks") if masks else None
+    uv_all, in_all, vis_all = (A.read(assoc, k) for k in ("uv", "in_image", "visible"))
+    ground_all, seg_all, cell_all = (A.read(pre, k) for k in ("ground", "segment_id", "ground_cell"))
+    c = len(manifest.cameras)
+    out = []
+    for s, sample in enumerate(samples):
+        sl = A.sample_slice(off, s)
+        n = sl.stop - sl.start
+        truth = instance = None
+        ring = None
+        if n:
+            pts = read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token)
+            ring = _rings(manifest, sample, pts)
+            if len(pts) != n:
+                raise PseudoLabelError(f"sample {sample.token}: associate store {associate} has {n} points, "
+                                       f"lidar file {sample.lidar.path} has {len(pts)}")
+            gt = point_truth(manifest, sample)
+            if gt is not None:
+                if len(gt.label) != n:
+                    raise PseudoLabelError(f"sample {sample.token}: ground truth has {len(gt.label)} points, the sweep {n}")
+                truth, instance = gt.label, gt.instance
+        else:
+            pts = np.zeros((0, 4), np.float32)
+        uv, in_image, visible = uv_all[sl], in_all[sl], vis_all[sl]
+        sizes = _image_sizes(sample)
+        ev = Evidence(
+            xyz=pts[:, :3].astype(np.float32), intensity=pts[:, 3].astype(np.float32),
+            ground=ground_all[sl].astype(bool), segment_id=seg_all[sl].astype(np.int32),
+            ground_cell=cell_all[sl].astype(np.int32), fov=in_image.any(axis=1) if n else np.zeros(0, bool), ring=ring,
+            mask=_per_view_ids(mk, uv, visible, s * c, sizes, "mask_labels") if mk is not None else None,
+            superpixel=_per_view_ids(sp, uv, visible, s * c, sizes, "labels") if sp is not None else None,
+        )
+        if colours and n:
+            ev.color = point_colours(manifest, sample, uv, visible)
+        out.append(SampleData(sample, ev, uv, in_image, visible, truth, instance, s * c))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# clicks (rule pseudolabel_clicks)
+
+
+def shard_clicks(manifest_path: str | Path, shard: str, out_path: str | Path, cfg: dict[str, Any],
+                 associate: str | Path | None = None, presegment: str | Path | None = None) -> dict[str, Any]:
+    """Write the clicks file of one shard; returns counts (points, clicks per sample)."""
+    manifest = Manifest.from_json(manifest_path)
+    space = label_space(manifest.label_space)
+    p = ClickParams.from_config(cfg)
+    samples = manifest.shard_samples(shard)
+    t0 = time.perf_counter()
+    result: dict[str, ck.SampleClicks] = {}
+    if p.protocol == "file":
+        counts = {}
+        for sample in samples:
+            counts[sample.token] = len(read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token))
+        result = ck.read_clicks(p.file, space, counts, known_tokens=[s.token for s in manifest.samples])
+    else:
+        loaded = None
+        if p.protocol == "iupc":
+            if not (associate and presegment):
+                raise PseudoLabelError("clicks protocol 'iupc' needs the associate and presegment stores")
+            loaded = load_shard(manifest, shard, associate, presegment)
+        for s, sample in enumerate(samples):
+            rng = ck.click_rng(p.seed, sample.token)
+            if loaded is not None:
+                d = loaded[s]
+                if d.truth is None:
+                    raise PseudoLabelError(f"sample {sample.token}: the simulated annotator needs ground truth; "
+                                           "use pseudolabels.clicks.protocol 'file' on data without it")
+                ev = d.evidence
+                result[sample.token] = ck.iupc_clicks(d.truth, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space, rng)
+                continue
+            pts = read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token)
+            gt = point_truth(manifest, sample)
+            if gt is None:
+                raise PseudoLabelError(f"sample {sample.token}: the simulated annotator needs ground truth; "
+                                       "use pseudolabels.clicks.protocol 'file' on data without it")
+            result[sample.token] = ck.budget_clicks(pts[:, :3], gt.label, gt.instance, space, p.share, rng,
+                                                    min_region_points=p.min_region_points, stuff_link_m=p.stuff_link_m)
+    ck.write_clicks(out_path, result, space)
+    n_clicks = sum(len(c) for c in result.values())
+    log.info("shard %s: %d clicks (%s protocol) in %.2f s", shard, n_clicks, p.protocol, time.perf_counter() - t0)
+    return {"clicks": n_clicks, "per_sample": {t: len(c) for t, c in result.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# 2D maps (annotation-free mode)
+
+
+def camera_maps(manifest: Manifest, d: SampleData, masks_store, space: LabelSpace, p: StageParams) -> list[af.CameraMaps]:
+    """Per camera: the mask map and the 2D semantic map resampled to the mask resolution."""
+    table = None
+    if p.semantic2d.source == "files":
+        table = class_lookup(list(p.semantic2d.classes), p.semantic2d.mapping, space)
+    out = []
+    for c, cam in enumerate(d.record.cameras):
+        mask = np.asarray(masks_store["mask_labels"][d.image_index + c]).astype(np.int32)
+        if p.semantic2d.source == "files":
+            sem = read_map(p.semantic2d.dir, cam.token, (cam.height, cam.width), table)
+        else:
+            truth = image_truth(manifest, d.record, c)
+            if truth is None:
+                raise PseudoLabelError(f"sample {d.record.token} camera {cam.channel}: simulated 2D maps need the synthetic "
+                                       "world's 2D ground truth; give real maps with annotation_free.semantic2d.source: files")
+            sem = simulate_map(truth[0], truth[1], space, p.corruption, image_rng(p.corruption.seed, cam.token or cam.path))
+        h, w = mask.shape
+        if sem.shape != (h, w):
+            sem = cv2.resize(sem, (w, h), interpolation=cv2.INTER_NEAREST)
+        out.append(af.CameraMaps(mask, sem, (w / cam.width, h / cam.height)))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# one round
+
+
+def _concat(labels: list[Labels]) -> Labels:
+    return Labels(*(np.concatenate([getattr(l, f.name) for l in labels]) for f in fields(Labels)))
+
+
+def _read_labels(group, sl: slice) -> Labels:
+    return Labels(*(np.asarray(group[f.name][sl]) for f in fields(Labels)))
+
+
+def run_shard(manifest_path: str | Path, shard: str, round: int, out_store: str | Path, metrics_path: str | Path,
+              cfg: dict[str, Any], *, associate: str | Path, presegment: str | Path,
+              superpixels: str | Path | None = None, masks: str | Path | None = None,
+              clicks: str | Path | None = None, round0: str | Path | None = None,
+              predict: str | Path | None = None) -> dict[str, Any]:
+    """Make and write the pseudo-labels of one shard and EM round; returns the metrics written.
+
+    Round 0 needs ``clicks`` (clicks mode) or ``masks`` (annotation-free mode); rounds >= 1 need
+    ``round0`` (the round-0 pseudolabels store) and ``predict`` (the predict store of round - 1).
+    """
+    t0 = time.perf_counter()
+    p = StageParams.from_config(cfg)
+    manifest = Manifest.from_json(manifest_path)
+    space = label_space(manifest.label_space)
+    ours_clicks = round == 0 and p.mode == "clicks" and p.propagation == "ours"
+    data = load_shard(manifest, shard, associate, presegment, superpixels if ours_clicks else None,
+                      masks if ours_clicks else None, colours=ours_clicks and p.ours.w_color > 0)
+    n_per = [d.evidence.n for d in data]
+    t_load = time.perf_counter() - t0
+    ours: list[Labels] = []
+    base: list[Labels] = []
+    pan = {"ours": None, "baseline": None}
+    things = [i + 1 for i, c in enumerate(space.classes) if c in space.things]
+    extra: dict[str, Any] = {}
+    if round == 0 and p.mode == "clicks":
+        if clicks is None:
+            raise PseudoLabelError("round 0 in clicks mode needs the shard's clicks file")
+        all_clicks = ck.read_clicks(clicks, space, {d.record.token: d.evidence.n for d in data},
+                                    known_tokens=[s.token for s in manifest.samples])
+        for d in data:
+            c = all_clicks[d.record.token]
+            ev = d.evidence
+            if p.propagation == "ours":
+                ours.append(ours_propagate(ev, c.point_index, c.label, space, p.ours))
+            if p.propagation == "iupc" or p.baseline:
+                iupc = iupc_propagate(ev.n, c.point_index, c.label, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space)
+                (ours if p.propagation == "iupc" else base).append(iupc)
+        extra["clicks"] = {"protocol": p.clicks.protocol, "share_target": p.clicks.share if p.clicks.protocol == "budget" else None}
+    elif round == 0:
+        if masks is None:
+            raise PseudoLabelError("round 0 in annotation_free mode needs the masks store")
+        mk = A.open_store(masks, "masks")
+        with_baseline = p.af_method == "ours" and p.baseline
+        for d in data:
+            ev = d.evidence
+            if ev.n == 0:  # a keyframe the upstream stages skipped
+                ours.append(Labels.unknown(0, space.num_classes))
+                base += [Labels.unknown(0, space.num_classes)] if with_baseline else []
+                continue
+            cams = camera_maps(manifest, d, mk, space, p)
+            if p.af_method == "ours":
+                flag = d.visible if p.refine.occlusion else d.in_image
+                ours.append(af.ours_annotation_free(ev.xyz, flag, d.uv, ev.ground, ev.segment_id, cams, space, p.refine,
+                                                    in_image=d.in_image))
+            if p.af_method == "pointsam" or with_baseline:
+                pointsam = af.pointsam_baseline(ev.xyz, d.in_image, d.uv, cams, space, p.refine)
+                (base if with_baseline else ours).append(pointsam)
+            if d.truth is not None:
+                for key, lab in (("ours", ours[-1]), ("baseline", base[-1] if with_baseline else None)):
+                    if lab is None:
+                        continue
+                    cnt = panoptic_counts(lab.label, lab.instance_id, d.truth, d.instance, things, p.pq_min_points)
+                    pan[key] = cnt if pan[key] is None else add_counts(pan[key], cnt)
+        extra["annotation_free"] = {"method": p.af_method, "semantic2d": p.semantic2d.source,
+                                    "corruption": p.corruption.describe() if p.semantic2d.source == "simulated" else None}
+    else:
+        if round0 is None or predict is None:
+            raise PseudoLabelError(f"round {round} needs the round-0 pseudolabels store and the round-{round - 1} predict store")
+        g0 = A.open_store(round0, "pseudolabels")
+        gp = A.open_store(predict, "predict")
+        off = A.read(g0, "point_offsets").astype(np.int64)
+        off_p = A.read(gp, "point_offsets").astype(np.int64)
+        if not np.array_equal(off, A.offsets_from_counts(n_per)):
+            raise PseudoLabelError(f"round-0 store {round0} does not match the points of shard {shard}")
+        if not np.array_equal(off, off_p):
+            raise PseudoLabelError(f"predict store {predict} has other point counts than the round-0 store {round0}")
+        logits_all, feat_all = A.read(gp, "logits"), A.read(gp, "features")
+        if logits_all.shape[1] != space.num_classes:
+            raise PseudoLabelError(f"predict store {predict} has {logits_all.shape[1]} classes, label space "
+                                   f"{space.name} has {space.num_classes}")
+        r0 = [_read_labels(g0, A.sample_slice(off, s)) for s in range(len(data))]
+        logits = [logits_all[A.sample_slice(off, s)] for s in range(len(data))]
+        thresholds = None
+        if p.estep.method == "ours" and p.estep.calibration is not None:
+            thresholds = calibrate(r0, logits, space.num_classes, p.estep.calibration)
+        for s in range(len(data)):
+            ours.append(estep(r0[s], logits[s], feat_all[A.sample_slice(off, s)], space, p.estep, round, thresholds))
+        extra["estep"] = {"method": p.estep.method, "confidence": p.estep.confidence,
+                          "thresholds": None if thresholds is None else
+                          {c: (None if not np.isfinite(t) else round_(float(t))) for c, t in zip(space.classes, thresholds)}}
+    t_run = time.perf_counter() - t0 - t_load
+
+    labels = _concat(ours) if ours else Labels.unknown(0, space.num_classes)
+    offsets = A.offsets_from_counts(n_per)
+    with A.write_store(out_store, "pseudolabels", shard=shard, sample_tokens=[d.record.token for d in data],
+                       params=cfg, round=round, mode=p.mode, label_space=space.name) as g:
+        A.put(g, "point_offsets", offsets)
+        for f in fields(Labels):
+            A.put(g, f.name, getattr(labels, f.name))
+
+    counts = None
+    base_counts = None
+    for s, d in enumerate(data):
+        cnt = label_counts(ours[s], d.truth, space, d.evidence.fov)
+        counts = cnt if counts is None else add_counts(counts, cnt)
+        if base:
+            b = label_counts(base[s], d.truth, space, d.evidence.fov)
+            base_counts = b if base_counts is None else add_counts(base_counts, b)
+    metrics = {
+        "shard": shard, "round": round, "split": manifest.split_of(shard), "mode": p.mode, "label_space": space.name,
+        "method": p.propagation if p.mode == "clicks" else p.af_method,
+        "baseline_method": ("iupc" if p.mode == "clicks" else "pointsam") if base else None,
+        "samples": len(data), "has_truth": all(d.truth is not None for d in data if d.evidence.n),
+        "counts": counts or {}, "baseline_counts": base_counts,
+        "panoptic": {"classes": [space.classes[c - 1] for c in things], **pan} if p.mode == "annotation_free" and round == 0 else None,
+        "seconds": {"load": round_(t_load), "run": round_(t_run), "total": round_(time.perf_counter() - t0)},
+        **extra,
+    }
+    write_json(metrics_path, metrics)
+    log.info("shard %s round %d: %d points, %d labelled, %.2f s", shard, round, labels.label.size,
+             int((labels.label > 0).sum()), time.perf_counter() - t0)
+    return metrics
+
+
+def round_(x: float) -> float:
+    return float(f"{x:.3f}")
