@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint report bench clean-results
+.PHONY: install system-deps demo test lint report bench clean-results
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -c "import cv2; cv2.ximgproc.createSuperpixelSEEDS(64, 64, 3, 16, 2)"
 	touch $(STAMP)
 
+# System libraries: open3d's (libgl1, libegl1, libusb-1.0-0, libx11-6) and Chromium for the report's
+# headless check. Best effort: without root or apt the Chromium test is skipped with its reason.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium libgl1 libegl1 libusb-1.0-0 libx11-6 >/dev/null || true; fi
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -27,7 +33,7 @@ demo: $(STAMP)
 	$(BIN)/snakemake --profile profiles/default --cores $(CORES) --report report.html
 	@echo "Report: report.html (open it in a browser); scoreboard: results/summary.json"
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q -n 2 tests
 
 # Workflow conventions: snakemake's linter, snakefmt formatting, config/README.md current with the schema.

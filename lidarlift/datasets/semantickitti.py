@@ -175,5 +175,5 @@ def point_truth(manifest: Manifest, sample: SampleRecord):
     train = RAW_TO_TRAIN[sem]
     label = TRAIN_TO_CHALLENGE[train] if manifest.label_space == "nuscenes16" else train
     # the same key as the synthetic 2D maps: 1000 x train id + instance id
-    instance = np.where(inst > 0, train.astype(np.int64) * 1000 + inst, 0)
+    instance = np.where((inst > 0) & (train > 0), train.astype(np.int64) * 1000 + inst, 0)
     return PointTruth(label=label, fine=sem, instance=instance)
