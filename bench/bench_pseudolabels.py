@@ -20,7 +20,6 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 
 from lidarlift import artifacts as A
 from lidarlift.classes import label_space

@@ -22,7 +22,7 @@ rule train:
     benchmark:
         f"{RESULTS}/benchmarks/train/r{{round}}.tsv"
     conda:
-        "../envs/lidarlift.yaml"
+        "../envs/gpu.yaml"
     threads: TRAIN_LAYOUT.threads
     resources:
         mem_mb=6000,
@@ -47,7 +47,7 @@ rule train_full:
     benchmark:
         f"{RESULTS}/benchmarks/train/full.tsv"
     conda:
-        "../envs/lidarlift.yaml"
+        "../envs/gpu.yaml"
     threads: TRAIN_LAYOUT.threads
     resources:
         mem_mb=6000,
@@ -73,7 +73,7 @@ rule predict:
     benchmark:
         f"{RESULTS}/benchmarks/predict/r{{round}}/{{shard}}.tsv"
     conda:
-        "../envs/lidarlift.yaml"
+        "../envs/gpu.yaml"
     threads: 1
     resources:
         mem_mb=3000,
@@ -98,7 +98,7 @@ rule predict_full:
     benchmark:
         f"{RESULTS}/benchmarks/predict/full/{{shard}}.tsv"
     conda:
-        "../envs/lidarlift.yaml"
+        "../envs/gpu.yaml"
     threads: 1
     resources:
         mem_mb=3000,

@@ -249,8 +249,8 @@ def test_budget_clicks_every_object_first():
 
 
 def test_iupc_protocol_one_click_per_class_per_segment(pedestrian_wall):
-    """IUPC's annotator: one click per class of each segment and ground cell, none on the small tree?
-    The tree has over 20 points, so it gets one vegetation click; the wall+pedestrian segment one each."""
+    """IUPC's annotator: one click per class of each ground cell and segment: the road cell one, the
+    wall + pedestrian segment one each, the tree (over 20 points, so not skipped) one."""
     s = pedestrian_wall
     ev = s.evidence()
     c = ck.iupc_clicks(s.label, s.ground, ev.segment_id, ev.ground_cell, ev.fov, S, ck.click_rng(0, "x"))
@@ -288,10 +288,9 @@ def test_clicks_file_round_trip_and_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------- annotation-free
 
 
-def camera_from_scene(s, visible_only_ped=False):
+def camera_from_scene(s):
     """A 1-camera setup where each part owns a block of pixels: every point gets the pixel of its part."""
     n = len(s.xyz)
-    parts = np.full(n, -1)
     owner = s.mask[:, 0]
     uv = np.zeros((n, 1, 2), np.float32)
     for m in np.unique(owner):

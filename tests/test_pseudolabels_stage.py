@@ -267,9 +267,29 @@ def test_tiny_world_end_to_end(tiny_world, tmp_path):
     m = run_shard(mpath, shard, 0, tmp_path / "r0.zarr", tmp_path / "r0.json", cfg, clicks=tmp_path / "c.tsv", **st)
     s = summarize([m])
     assert s["click_share"] == pytest.approx(0.01, rel=0.3)
-    assert s["labelled_share"] > 0.6 and s["precision"] > 0.95
-    assert s["labelled_share"] > s["baseline"]["labelled_share"]
+    assert s["labelled_share"] > 0.75 and s["precision"] > 0.98  # measured: 0.84 at 0.998
+    assert s["labelled_share"] > s["baseline"]["labelled_share"] + 0.05  # IUPC's rules: 0.75
     af = run_shard(mpath, shard, 0, tmp_path / "af.zarr", tmp_path / "af.json", load_config(
         overrides={"pseudolabels": {"mode": "annotation_free"}})["pseudolabels"], **st)
     a = summarize([af])["annotation_free"]
-    assert a["pq_things"] is not None and a["baseline_pq_things"] is not None
+    assert a["pq_things"] > a["baseline_pq_things"] > 0  # measured: 0.29 and 0.22
+
+
+def test_plan_inputs_and_params_per_round_and_mode():
+    """The rules' inputs: round 0 in clicks mode reads the clicks (and superpixels + masks for ours),
+    annotation-free mode the masks, later rounds the round-0 store and the previous round's
+    predictions; round 0's params leave out the E-step, later rounds carry only mode and E-step."""
+    from types import SimpleNamespace
+
+    from lidarlift.pseudolabels.plan import PseudoLabelPlan
+
+    cfg = load_config()
+    plan = PseudoLabelPlan(cfg, "res")
+    w0, w2 = SimpleNamespace(shard="s", round="0"), SimpleNamespace(shard="s", round="2")
+    assert set(plan.inputs(w0)) == {"manifest", "associate", "presegment", "clicks", "superpixels", "masks"}
+    assert plan.inputs(w2)["predict"] == "res/predict/r1/s.zarr" and plan.inputs(w2)["round0"] == "res/pseudolabels/r0/s.zarr"
+    assert "estep" not in plan.params(w0) and set(plan.params(w2)) == {"mode", "estep"}
+    iupc = PseudoLabelPlan(load_config(overrides={"pseudolabels": {"propagation": "iupc", "clicks": {"protocol": "iupc"}}}), "res")
+    assert "masks" not in iupc.inputs(w0) and "presegment" in iupc.clicks_inputs(w0)
+    af = PseudoLabelPlan(load_config(overrides={"pseudolabels": {"mode": "annotation_free"}}), "res")
+    assert "clicks" not in af.inputs(w0) and "masks" in af.inputs(w0)

@@ -285,15 +285,17 @@ def epoch_order(n: int, seed: int, epoch: int, d: Dist) -> list[int]:
 
 def _loss_for(cfg: TrainConfig, stats_counts: np.ndarray | None, num_classes: int) -> SegmentationLoss:
     lc = dict(cfg.loss)
-    weights = lc.pop("class_weights", "none")
+    weights = lc.pop("class_weights", "inverse_sqrt_frequency")
     if weights in (None, "none"):
         w = None
-    elif weights == "inverse_sqrt_frequency":
-        w = inverse_frequency_weights(stats_counts[1:] if stats_counts is not None else np.ones(num_classes), 0.5)
+    elif weights in ("inverse_sqrt_frequency", "inverse_frequency"):
+        counts = stats_counts[1:] if stats_counts is not None else np.ones(num_classes)
+        w = inverse_frequency_weights(counts, 0.5 if weights == "inverse_sqrt_frequency" else 1.0)
     elif isinstance(weights, (list, tuple)):
         w = list(weights)
     else:
-        raise ValueError(f"config key train.loss.class_weights: {weights!r} is not none, inverse_sqrt_frequency or a list of {num_classes} numbers")
+        raise ValueError(f"config key train.loss.class_weights: {weights!r} is not none, inverse_sqrt_frequency, "
+                         f"inverse_frequency or a list of {num_classes} numbers")
     known = {"ce_weight", "lovasz_weight", "negative_weight", "confidence_weighting"}
     unknown = sorted(set(lc) - known)
     if unknown:

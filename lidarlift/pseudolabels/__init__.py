@@ -79,4 +79,4 @@ def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["summarize", "label_space"]
+__all__ = ["summarize"]

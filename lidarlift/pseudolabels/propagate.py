@@ -30,7 +30,7 @@ all its points; one whose clicks name several classes gives all its points the s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -239,7 +239,6 @@ class Evidence:
     intensity: np.ndarray | None = None
     ring: np.ndarray | None = None
     color: np.ndarray | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

@@ -284,7 +284,7 @@ def shard_clicks(manifest_path: str | Path, shard: str, out_path: str | Path, cf
         if p.protocol == "iupc":
             if not (associate and presegment):
                 raise PseudoLabelError("clicks protocol 'iupc' needs the associate and presegment stores")
-            loaded = load_shard(manifest, shard, associate, presegment)
+            loaded = load_shard(manifest, shard, associate, presegment, colours=False)
         for s, sample in enumerate(samples):
             rng = ck.click_rng(p.seed, sample.token)
             if loaded is not None:
