@@ -56,14 +56,13 @@ def versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
            "numpy": np.__version__}
-    for mod in ("spconv", "cumm"):
-        try:
-            from importlib.metadata import PackageDistributionNotFound, distributions  # noqa: F401
-            import importlib.metadata as md
+    import importlib.metadata as md
 
-            names = [d.metadata["Name"] for d in md.distributions() if d.metadata["Name"] and d.metadata["Name"].lower().startswith(mod)]
-            out[mod] = {n: md.version(n) for n in sorted(set(names))}
-        except Exception as e:  # noqa: BLE001
+    for mod in ("spconv", "cumm"):  # the CPU wheel or a CUDA one (spconv-cu126, cumm-cu126, ...)
+        try:
+            names = {d.metadata["Name"] for d in md.distributions() if (d.metadata["Name"] or "").lower().startswith(mod)}
+            out[mod] = {n: md.version(n) for n in sorted(names)}
+        except Exception as e:  # noqa: BLE001 - versions are informative only
             out[mod] = f"unknown ({e})"
     return out
 
@@ -259,7 +258,7 @@ def main() -> int:
     voxels = a.voxels or ([0.05, 0.1] if full else [0.2, 0.4])
     precisions = a.precisions or (["fp32", "amp"] if full else ["fp32"])
     blocks = a.blocks or ([1, 2] if full else [1])
-    channels = tuple(a.channels or ([32, 64, 128, 256] if full else [16, 32, 64, 128]))
+    channels = tuple(a.channels or ([32, 64, 128, 256] if full else [16, 32, 48, 64]))
     sweeps = a.sweeps or (4 if full else 2)
     points = a.points or (35_000 if full else 8_000)
     steps = a.steps or (30 if full else 3)

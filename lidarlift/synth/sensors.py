@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from lidarlift.geometry import matrix_to_quaternion
 import open3d as o3d
 
 from lidarlift.synth.world import (
@@ -76,26 +78,9 @@ class SensorCalib:
 
 
 def rotation_to_quaternion(R: np.ndarray) -> list[float]:
-    """(3, 3) rotation -> [w, x, y, z] with w >= 0."""
-    m = np.asarray(R, float)
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    if q[0] < 0:
-        q = -q
-    return [float(v) for v in q]
+    """(3, 3) rotation -> [w, x, y, z] with w >= 0, unit norm."""
+    q = matrix_to_quaternion(R)
+    return (q / np.linalg.norm(q)).tolist()
 
 
 def lidar_calib() -> SensorCalib:
