@@ -1,7 +1,6 @@
 """spconv's CPU wheel against a dense conv3d: the two measured defects (backward asks for a CUDA stream;
 wrong rows and gradients with more than one thread, spconv#679) must stay fixed by
 lidarlift.model.spconv_compat. Truth: a dense 3D convolution over the same occupied voxels."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

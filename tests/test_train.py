@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,6 @@ import torch
 
 from lidarlift.artifacts import open_store, read
 from lidarlift.groundtruth import point_truth
-from lidarlift.manifest import Manifest
 from lidarlift.model.data import (AugmentConfig, SweepDataset, TrainingDataError, check_supervision, groundtruth_refs,
                                   pseudolabel_refs)
 from lidarlift.model.toyscene import simulated_pseudolabels, write_pseudolabel_store, write_toy_world
@@ -115,7 +113,8 @@ def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
 
 
 def test_ddp_on_cpu_with_gloo_and_two_processes(toy, tmp_path):
-    """torchrun with 2 CPU processes (gloo): each takes half the sweeps, rank 0 writes one model."""
+    """torchrun with 2 CPU processes (gloo): each takes half the sweeps per epoch, both end with the same
+    weights (gradients are averaged), rank 0 writes one model."""
     out = tmp_path / "ddp"
     out.mkdir()
     spec = spec_for(toy, out, tensorboard=None, train={**TRAIN, "batch_size": 1})
@@ -128,9 +127,9 @@ def test_ddp_on_cpu_with_gloo_and_two_processes(toy, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     assert metrics["steps"] == 2 * 2  # 4 sweeps / 2 ranks / batch 1 = 2 steps per epoch, 2 epochs
+    assert metrics["ddp_weights_in_sync"] is True, "the two processes must end with the same weights"
     model, meta = load_model(out / "model.pt", num_classes=16)
     assert meta["label_space"] == "nuscenes16"
-    assert "rank1" in proc.stderr or "rank 1" in proc.stderr or proc.stderr.count("training") >= 1
 
 
 def test_run_training_predict_and_summary(toy, tmp_path):

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lidarlift.artifacts import ArtifactError, open_store, read
-from lidarlift.datasets.readers import DatasetError, read_lidar
+from lidarlift.artifacts import open_store, read
+from lidarlift.datasets.readers import read_lidar
 from lidarlift.manifest import Manifest, SampleRecord
 
 log = logging.getLogger("lidarlift.model.data")

@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -538,6 +538,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     stats = check_supervision(dataset, cfg.unlabelled_shard_policy)
     result = train(cfg, dataset, spec["out_dir"], tensorboard_dir=spec.get("tensorboard"), label_counts=stats.label_counts,
                    data_fingerprint=_data_fingerprint(dataset), threads=spec.get("threads"))
+    in_sync = _weights_in_sync(result.model)
     metrics: dict[str, Any] = {}
     if int(os.environ.get("RANK", "0")) == 0:
         quality = pseudolabel_quality(dataset, space.num_classes) if spec["label_source"] == "pseudolabels" else None
@@ -547,7 +548,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
             "labelled_points": stats.labelled, "candidate_points": stats.candidates,
             "skipped_shards": stats.skipped_shards, "epochs": result.epochs, "steps": result.steps,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
-            "world_size": result.world_size, "parameters": result.parameters,
+            "world_size": result.world_size, "parameters": result.parameters, "ddp_weights_in_sync": in_sync,
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "first_epoch_loss": result.history[0]["loss"] if result.history else None,
             "history": result.history, "pseudolabels": quality,
@@ -559,6 +560,26 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
         write_json(spec["metrics"], metrics)
     _barrier(Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))))
     return metrics
+
+
+def _weights_in_sync(model: torch.nn.Module) -> bool | None:
+    """Under DDP: whether every process ended with the same weights (a checksum per process, gathered);
+    None without DDP."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    if dist.get_backend() == "nccl":
+        checksum = checksum.cuda()
+    gathered = [torch.zeros_like(checksum) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, checksum)
+    values = [float(g.item()) for g in gathered]
+    if max(values) - min(values) > 1e-6 * max(1.0, abs(values[0])):
+        log.warning("DDP processes ended with different weights (checksums %s)", values)
+        return False
+    return True
 
 
 def torchrun_command(spec_path: str | os.PathLike, nproc: int) -> list[str]:

@@ -12,7 +12,7 @@ so a checkpoint of another architecture or class count is refused with a clear m
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Callable
 
 import torch
