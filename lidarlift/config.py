@@ -306,6 +306,19 @@ def _matches(value: Any, types: list[str]) -> bool:
     return False
 
 
+def _parse_string(value: Any, types: list[str]) -> Any:
+    """A string given where the schema wants another type (``--config`` values) parsed as YAML when that
+    yields the wanted type; anything else unchanged."""
+    if isinstance(value, str) and types and "string" not in types:
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if _matches(parsed, types):
+            return parsed
+    return value
+
+
 def _coerce(node: Any, sub: dict[str, Any], root: dict[str, Any]) -> None:
     """Parse strings (as Snakemake's ``--config`` leaves them) where the schema wants another type."""
     sub = _resolve(sub, root)
@@ -316,25 +329,13 @@ def _coerce(node: Any, sub: dict[str, Any], root: dict[str, Any]) -> None:
             prop = _resolve(prop, root)
             value = node[name]
             types = _types_of(prop)
-            if isinstance(value, str) and types and "string" not in types:
-                try:
-                    parsed = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    parsed = value
-                if _matches(parsed, types):
-                    node[name] = value = parsed
+            node[name] = value = _parse_string(value, types)
             _coerce(value, prop, root)
     elif isinstance(node, list) and isinstance(sub.get("items"), dict):
         items = _resolve(sub["items"], root)
         types = _types_of(items)
         for i, value in enumerate(node):
-            if isinstance(value, str) and types and "string" not in types:
-                try:
-                    parsed = yaml.safe_load(value)
-                except yaml.YAMLError:
-                    parsed = value
-                if _matches(parsed, types):
-                    node[i] = value = parsed
+            node[i] = value = _parse_string(value, types)
             _coerce(value, items, root)
 
 

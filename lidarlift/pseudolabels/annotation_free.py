@@ -219,21 +219,32 @@ def sar_components(xyz: np.ndarray, sem: np.ndarray, inst: np.ndarray, space: La
     n = len(xyz)
     if n == 0:
         return np.zeros(0, np.int64)
-    rng = np.linalg.norm(xyz, axis=1)
-    cmin = _min_dist_per_class(space)
-    i, j, d = _candidate_pairs(xyz, dist_coef, float(cmin.max()))
+    i, j, keep = _sar_edges(xyz, sem, space, dist_coef)
     if len(i):
-        thresh = np.maximum(dist_coef * np.maximum(rng[i], rng[j]), np.minimum(cmin[sem[i]], cmin[sem[j]]))
-        keep = d < thresh
-        vehicle = np.zeros(space.num_classes + 1, bool)
-        vehicle[[space.index(c) for c in POINTSAM_VEHICLES if c in space.classes]] = True
-        keep &= (sem[i] == sem[j]) | (vehicle[sem[i]] & vehicle[sem[j]])
         cut = np.zeros(space.num_classes + 1, bool)
         cut[[space.index(c) for c in POINTSAM_MASK_CUT if c in space.classes]] = True
         keep &= ~((sem[i] == sem[j]) & cut[sem[i]] & (inst[i] != inst[j]))
-        i, j = i[keep], j[keep]
-    else:
-        i = j = np.zeros(0, np.int64)
+    return _components(n, i[keep], j[keep])
+
+
+def _sar_edges(xyz: np.ndarray, sem: np.ndarray, space: LabelSpace, dist_coef: float
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate edges (i, j) of PointSAM's SAR graph and which pass its tests: range-adaptive distance
+    (max(dist_coef x range, per-class floor)) and same class unless both are vehicles."""
+    rng = np.linalg.norm(xyz, axis=1)
+    cmin = _min_dist_per_class(space)
+    i, j, d = _candidate_pairs(xyz, dist_coef, float(cmin.max()))
+    if not len(i):
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0, bool)
+    keep = d < np.maximum(dist_coef * np.maximum(rng[i], rng[j]), np.minimum(cmin[sem[i]], cmin[sem[j]]))
+    vehicle = np.zeros(space.num_classes + 1, bool)
+    vehicle[[space.index(c) for c in POINTSAM_VEHICLES if c in space.classes]] = True
+    keep &= (sem[i] == sem[j]) | (vehicle[sem[i]] & vehicle[sem[j]])
+    return i, j, keep
+
+
+def _components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 
@@ -249,20 +260,12 @@ def joint_components(xyz: np.ndarray, sem: np.ndarray, views: np.ndarray, space:
     n = len(xyz)
     if n == 0:
         return np.zeros(0, np.int64)
-    rng = np.linalg.norm(xyz, axis=1)
-    cmin = _min_dist_per_class(space)
-    i, j, d = _candidate_pairs(xyz, dist_coef, float(cmin.max()))
+    i, j, keep = _sar_edges(xyz, sem, space, dist_coef)
     if len(i):
-        keep = d < np.maximum(dist_coef * np.maximum(rng[i], rng[j]), np.minimum(cmin[sem[i]], cmin[sem[j]]))
-        vehicle = np.zeros(space.num_classes + 1, bool)
-        vehicle[[space.index(c) for c in POINTSAM_VEHICLES if c in space.classes]] = True
-        keep &= (sem[i] == sem[j]) | (vehicle[sem[i]] & vehicle[sem[j]])
         a, b = views[i], views[j]
         differ = ((a >= 0) & (b >= 0) & (a != b)).any(axis=1)
         keep &= ~(differ & cut[sem[i]] & cut[sem[j]])
-        i, j = i[keep], j[keep]
-    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n))
-    return connected_components(graph, directed=False)[1].astype(np.int64)
+    return _components(n, i[keep], j[keep])
 
 
 def id_merging(sem: np.ndarray, inst: np.ndarray, comp: np.ndarray, min_points: int = 0) -> tuple[np.ndarray, np.ndarray]:
