@@ -1,7 +1,22 @@
-"""GPU leasing: give each concurrent GPU job its own device(s).
+"""GPU leasing: give each concurrent GPU job its own device(s), and CUDA to no job without one.
 
 Snakemake does not assign devices (snakemake issue #281): under ``--resources gpu=N`` it only caps
-how many GPU jobs run at once, and every job sees every GPU. A job therefore leases devices itself:
+how many GPU jobs run at once, and every job sees every GPU. A job therefore leases devices itself,
+through one path, :func:`job_gpus`, called by the ``masks``, ``train`` and ``predict`` workflow
+scripts with the job's Snakemake resource (``snakemake.resources.gpu``; Snakemake scales it down to
+the pool, so under ``--resources gpu=0`` it is 0):
+
+- a job given ``k`` >= 1 devices leases ``k`` of them (below) and runs on exactly those: ``cuda:0 ..
+  cuda:k-1`` inside the job; a training job starts ``k`` DDP ranks, rank ``r`` on ``cuda:r``;
+- a job given 0 devices runs on the CPU: ``CUDA_VISIBLE_DEVICES`` is set to ``""`` (for the job and
+  every process it starts), and a guard makes any CUDA initialisation in the job's process raise
+  :class:`CudaWithoutLeaseError` (``torch.cuda.is_available()`` answers False without asking the
+  driver);
+- code choosing a torch device asks :func:`torch_device`, which never touches CUDA unless the job
+  holds a lease (:func:`job_devices`, inherited by the job's child processes through
+  ``LIDARLIFT_GPU_JOB_DEVICES``), or, outside any job, is asked for ``cuda`` by name.
+
+Leasing:
 
 - the candidate devices are the tokens of an inherited ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs;
   leasing happens only among those), else ``0 .. n-1`` with ``n`` from ``LIDARLIFT_NUM_GPUS``
@@ -9,6 +24,13 @@ how many GPU jobs run at once, and every job sees every GPU. A job therefore lea
   CUDA is not initialised here);
 - a device is leased by a non-blocking ``flock`` on one lock file per device in the lock directory
   (``LIDARLIFT_GPU_LOCK_DIR``, default ``/tmp/lidarlift-gpu-locks-<uid>``; use a node-local folder);
+- under SLURM (``SLURM_JOB_ID`` set) with an inherited ``CUDA_VISIBLE_DEVICES`` (the devices SLURM
+  allocated to the job), leasing happens only among those, with locks in a per-job subfolder
+  ``slurm-<job id>`` of the lock directory: SLURM already gives each job its own devices, and with
+  cgroup-constrained devices two jobs on one node both see index 0, so locks keyed by index in one
+  shared folder would make the second job wait for a device it does not share. Snakemake jobs run
+  inside one allocation (``salloc``, then a local run) share its job id and so lease among its
+  devices as on any host. Without ``CUDA_VISIBLE_DEVICES`` the host-wide folder is used;
 - ``k`` devices are taken all at once or not at all (no hold-and-wait, so jobs leasing several devices
   cannot deadlock); when too few are free the job polls until ``timeout`` (``LIDARLIFT_GPU_LEASE_TIMEOUT``
   seconds, default 3600) and then raises :class:`GpuLeaseTimeout`;
@@ -32,14 +54,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("lidarlift.gpu")
 
 ENV_NUM_GPUS = "LIDARLIFT_NUM_GPUS"
 ENV_LOCK_DIR = "LIDARLIFT_GPU_LOCK_DIR"
 ENV_TIMEOUT = "LIDARLIFT_GPU_LEASE_TIMEOUT"
+#: the devices the running job leased, comma-separated ("" for a job given none); unset outside a job
+ENV_JOB_DEVICES = "LIDARLIFT_GPU_JOB_DEVICES"
 DEFAULT_TIMEOUT_S = 3600.0
 
 
@@ -51,8 +78,18 @@ class GpuLeaseTimeout(GpuLeaseError):
     """Devices exist but too few stayed free until the timeout."""
 
 
+class CudaWithoutLeaseError(GpuLeaseError):
+    """CUDA was asked for in a job that leased no GPU (or by a device choice that needs one)."""
+
+
 def default_lock_dir() -> Path:
-    return Path(os.environ.get(ENV_LOCK_DIR) or f"/tmp/lidarlift-gpu-locks-{os.getuid()}")
+    """LIDARLIFT_GPU_LOCK_DIR (default /tmp/lidarlift-gpu-locks-<uid>); under SLURM with the job's
+    CUDA_VISIBLE_DEVICES, its subfolder slurm-<SLURM_JOB_ID> (module docstring)."""
+    base = Path(os.environ.get(ENV_LOCK_DIR) or f"/tmp/lidarlift-gpu-locks-{os.getuid()}")
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        return base / ("slurm-" + re.sub(r"[^A-Za-z0-9_.-]", "_", job))
+    return base
 
 
 def _inherited_tokens() -> list[str] | None:
@@ -251,8 +288,143 @@ def lease_status(lock_dir: str | os.PathLike | None = None) -> dict[str, bool]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ jobs
+
+@dataclass
+class JobGpus:
+    """What a job got: ``given`` (its Snakemake resource gpu), ``devices`` (the leased tokens, as
+    CUDA_VISIBLE_DEVICES lists them inside the job; [] = CPU) and the lease (None on the CPU)."""
+
+    given: int
+    devices: list[str]
+    lease: GpuLease | None = None
+
+    @property
+    def processes(self) -> int:
+        """Processes a training job starts: one DDP rank per leased device, 1 on the CPU."""
+        return max(1, len(self.devices))
+
+
+def install_cuda_guard() -> Callable[[], None]:
+    """Make this process refuse CUDA (for a job that leased no GPU); returns the function that removes it.
+
+    torch initialises CUDA through ``torch.cuda._lazy_init`` (also when C++ code such as
+    ``torch.zeros(1, device="cuda")`` needs it): that now raises :class:`CudaWithoutLeaseError`.
+    ``torch.cuda.is_available()`` / ``device_count()`` answer False / 0 without asking the driver,
+    as they would with ``CUDA_VISIBLE_DEVICES=""``. Importing torch does not initialise CUDA."""
+    import torch
+
+    cuda = torch.cuda
+    saved = {name: getattr(cuda, name) for name in ("_lazy_init", "is_available", "device_count")}
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise CudaWithoutLeaseError("CUDA was initialised in a job that leased no GPU (its Snakemake resource gpu is 0, "
+                                    "or the stage runs no network): run on the CPU, or give the rule a gpu resource "
+                                    "(--resources gpu=N with profiles/*/config.yaml set-resources)")
+
+    cuda._lazy_init = refuse
+    cuda.is_available = lambda: False
+    cuda.device_count = lambda: 0
+
+    def remove() -> None:
+        for name, fn in saved.items():
+            setattr(cuda, name, fn)
+
+    return remove
+
+
+@contextmanager
+def job_gpus(given: int, *, use: int | None = None, lock_dir: str | os.PathLike | None = None,
+             timeout: float | None = None, guard: bool = True) -> Iterator[JobGpus]:
+    """The one leasing path of a GPU job (``masks``, ``train``, ``predict``): lease the ``given``
+    devices of the job's Snakemake resource (``snakemake.resources.gpu``), or ``min(given, use)`` for a
+    job that can use at most ``use`` devices (one for prediction, none for the weight-free masks).
+
+    ``k`` >= 1: ``k`` devices leased (:func:`lease_gpus`), CUDA_VISIBLE_DEVICES names them.
+    ``k`` = 0: CUDA_VISIBLE_DEVICES is "" (hidden from this process and its children) and, with
+    ``guard``, CUDA initialisation in this process raises :class:`CudaWithoutLeaseError`.
+    Either way LIDARLIFT_GPU_JOB_DEVICES records the job's devices for :func:`job_devices`; everything
+    is released and restored when the block ends."""
+    if isinstance(given, str) and given.strip().isdigit():
+        given = int(given)
+    if isinstance(given, bool) or not isinstance(given, int) or given < 0:
+        raise GpuLeaseError(f"the job's Snakemake resource gpu must be an integer >= 0, got {given!r}")
+    k = given if use is None else max(0, min(given, int(use)))
+    if k == 0 and _cuda_already_initialised():
+        raise CudaWithoutLeaseError("CUDA is already initialised in this process: a job given no GPU must not touch it")
+    saved = {name: os.environ.get(name) for name in ("CUDA_VISIBLE_DEVICES", ENV_JOB_DEVICES)}
+    lease, remove_guard = None, None
+    try:
+        if k == 0:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+            os.environ[ENV_JOB_DEVICES] = ""
+            remove_guard = install_cuda_guard() if guard else None
+            log.info("job given %d GPU(s), uses none: running on the CPU with CUDA_VISIBLE_DEVICES=''", given)
+        else:
+            lease = lease_gpus(k, lock_dir=lock_dir, timeout=timeout)
+            os.environ[ENV_JOB_DEVICES] = ",".join(lease.devices)
+            if k < given:
+                log.info("job given %d GPU(s) uses %d; the others stay idle", given, k)
+        yield JobGpus(given, list(lease.devices) if lease else [], lease)
+    finally:
+        if lease is not None:
+            lease.release()
+        if remove_guard is not None:
+            remove_guard()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def job_devices() -> list[str] | None:
+    """The devices the running job leased (tokens; [] for a job given none); None outside a job."""
+    raw = os.environ.get(ENV_JOB_DEVICES)
+    if raw is None:
+        return None
+    return [t for t in raw.split(",") if t]
+
+
+def torch_device(requested: str = "auto", *, key: str, local_rank: int = 0) -> Any:
+    """The torch device of this process: ``cuda:local_rank`` when its job leased GPUs
+    (:func:`job_devices`; rank ``r`` of a DDP job takes the r-th leased device) and torch is a CUDA
+    build, else the CPU. ``auto`` never touches CUDA without a lease (outside a job: lease first with
+    ``with job_gpus(1):``).
+
+    ``requested``: the runtime config value at ``key`` (``train.device``, ``masks.device``): ``auto``
+    (the above), ``cpu`` (always the CPU), ``cuda`` (in a job: its leased device, else
+    :class:`CudaWithoutLeaseError` naming ``key``; outside any job, e.g. a benchmark on a machine of
+    its own: ``cuda:local_rank`` as asked, without a lease)."""
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"config key {key}: {requested!r} is not one of auto, cpu, cuda")
+    if requested == "cpu":
+        return torch.device("cpu")
+    devices = job_devices()
+    if devices is None and requested == "cuda":  # not a workflow job: the caller's explicit choice
+        if torch.version.cuda is None:
+            raise CudaWithoutLeaseError(f"config key {key} is cuda but this torch is a CPU build (torch.version.cuda is None)")
+        log.warning("%s is cuda outside a lidarlift.gpu lease: using cuda:%d without a lease", key, local_rank)
+        return torch.device("cuda", local_rank)
+    if not devices:
+        if requested == "cuda":
+            raise CudaWithoutLeaseError(f"config key {key} is cuda but this job leased no GPU (its Snakemake resource "
+                                        "gpu is 0: run with --resources gpu=N, or lease with lidarlift.gpu.job_gpus)")
+        return torch.device("cpu")
+    if torch.version.cuda is None:
+        if requested == "cuda":
+            raise CudaWithoutLeaseError(f"config key {key} is cuda but this torch is a CPU build (torch.version.cuda is None)")
+        log.warning("job leased GPU(s) %s but this torch is a CPU build: running on the CPU", ",".join(devices))
+        return torch.device("cpu")
+    if not 0 <= local_rank < len(devices):
+        raise GpuLeaseError(f"rank {local_rank} has no device: the job leased {len(devices)} ({','.join(devices)})")
+    return torch.device("cuda", local_rank)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m lidarlift.gpu [k] -- command ...``: run a command on k leased GPUs (k = 0: no lease);
+    """``python -m lidarlift.gpu [k] -- command ...``: run a command on k leased GPUs (k = 0: none visible);
     without a command, print which candidate devices are busy."""
     import argparse
 
@@ -265,13 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cmd:
         print(lease_status())
         return 0
-    if a.k <= 0:  # a job given no GPU (e.g. a run with gpu=0): run it as it is
+    with job_gpus(max(0, a.k), guard=False):  # k = 0: the command sees no device
         return subprocess.call(cmd)
-    lease = lease_gpus(a.k)
-    try:
-        return subprocess.call(cmd)
-    finally:
-        lease.release()
 
 
 if __name__ == "__main__":
