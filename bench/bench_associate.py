@@ -35,6 +35,7 @@ from lidarlift.associate import (  # noqa: E402
     AssociateParams, anchor_association, associate, occlusion_test, project_points,
 )
 from lidarlift.geometry import invert, make_transform  # noqa: E402
+from lidarlift.scan import measure_scan  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "associate.json"
 
@@ -152,19 +153,21 @@ def main() -> None:
 
     p480 = dataclasses.replace(default, buffer_max_width=480)
     p2 = dataclasses.replace(default, densify_sweeps=2)
+    scan = measure_scan(xyz)  # the sweep's angular resolution: the footprints are in its beam spacings
+    spacing = scan.spacing(xyz)
     methods = {  # name: (function, visible flags or None, note)
         "anchors: numpy, depth > 1 m, in image, last camera wins":
             (lambda: anchor_association(xyz, to_cams, ks, sizes, 1.0), None, "baseline (one view per point)"),
         "lidarlift projection only (= in_image)": (lambda: project_points(xyz, to_cams, ks, sizes, 1.0), in_image, ""),
-        "lidarlift occlusion test only (default)": (lambda: occlusion_test(uv, depth, in_image, ks, sizes, default), None, ""),
+        "lidarlift occlusion test only (default)": (lambda: occlusion_test(uv, depth, in_image, ks, sizes, default, (), spacing), None, ""),
         f"lidarlift default (projection + occlusion) [buffer {default.buffer_max_width} px]":
-            (lambda: associate(xyz, to_cams, ks, sizes, default), associate(xyz, to_cams, ks, sizes, default).visible, "default"),
+            (lambda: associate(xyz, to_cams, ks, sizes, default, (), scan), associate(xyz, to_cams, ks, sizes, default, (), scan).visible, "default"),
         f"lidarlift, full-resolution depth buffer [buffer {WIDTH} px]":
-            (lambda: associate(xyz, to_cams, ks, sizes, full_res), associate(xyz, to_cams, ks, sizes, full_res).visible, ""),
+            (lambda: associate(xyz, to_cams, ks, sizes, full_res, (), scan), associate(xyz, to_cams, ks, sizes, full_res, (), scan).visible, ""),
         "lidarlift, depth buffer max width 480 [buffer 480 px]":
-            (lambda: associate(xyz, to_cams, ks, sizes, p480), associate(xyz, to_cams, ks, sizes, p480).visible, ""),
+            (lambda: associate(xyz, to_cams, ks, sizes, p480, (), scan), associate(xyz, to_cams, ks, sizes, p480, (), scan).visible, ""),
         "lidarlift default + 2 neighbouring sweeps in the depth buffer":
-            (lambda: associate(xyz, to_cams, ks, sizes, p2, sweeps), associate(xyz, to_cams, ks, sizes, p2, sweeps).visible,
+            (lambda: associate(xyz, to_cams, ks, sizes, p2, sweeps, scan), associate(xyz, to_cams, ks, sizes, p2, sweeps, scan).visible,
              "3x the points splatted"),
     }
     seconds = _fastest({name: m[0] for name, m in methods.items()}, args.repeats)

@@ -4,7 +4,9 @@ Sweeps of synthetic worlds (lidarlift.synth; two worlds, seeds 0 and 1, generate
 given), by default with 1750 azimuth steps so that a keyframe holds about 34k points like a nuScenes sweep;
 figures are pooled over all keyframes and given per world. Every method runs on
 the same keyframes (the baseline with its 5 previous sweeps, ego-motion compensated, for ground fitting)
-and is scored against the world's per-point truth with lidarlift.presegment's metrics. Timing: fastest of
+and is scored against the world's per-point truth with lidarlift.evaluate.presegment's metrics (the same
+figures as the summary). Each keyframe's angular resolution is measured from its own sweep (lidarlift.scan,
+with the ring ids of the file) and given to the methods that count in beams. Timing: fastest of
 --repeats rounds per keyframe (methods interleaved), wall and CPU, OMP/BLAS at one thread; ground and
 clustering timed apart. Goal: <= 0.15 s for a 34k-point sweep.
 
@@ -31,37 +33,53 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lidarlift import presegment as P  # noqa: E402
-from lidarlift.datasets import build_manifest, read_lidar  # noqa: E402
+from lidarlift.classes import label_space  # noqa: E402
+from lidarlift.datasets import build_manifest  # noqa: E402
+from lidarlift.evaluate.presegment import presegment_counts, presegment_figures  # noqa: E402
+from lidarlift.evaluate.truth import SampleTruth  # noqa: E402
 from lidarlift.ground import cell_plane_ground, iupc_ground  # noqa: E402
-from lidarlift.groundtruth import point_truth  # noqa: E402
+from lidarlift.scan import fixed_resolution, read_sweep  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "presegment.json"
 GOAL_SECONDS = 0.15
 
 
 def variants(p: P.PresegmentParams) -> dict[str, dict]:
-    """name -> {ground(xyz, sweeps), cluster(xyz), sweeps, note}; the first is the baseline, the second the default."""
+    """name -> {ground(xyz, sweeps), cluster(xyz, scan), sweeps, note}; the first is the baseline, the second the default."""
     fast, iupc = p.fast, p.iupc
-    rc, vh = fast.range_components, fast.voxel_hdbscan
+    ri, rc, vh = fast.range_image, fast.range_components, fast.voxel_hdbscan
     g_fast = lambda xyz, sw: cell_plane_ground(xyz, sw, fast.ground)  # noqa: E731
     g_iupc = lambda xyz, sw: iupc_ground(xyz, sw, iupc.ground, seed=p.seed)  # noqa: E731
     return {
-        "iupc (baseline)": dict(ground=g_iupc, cluster=lambda x: P.hdbscan_labels(x, iupc.hdbscan), sweeps=iupc.sweeps,
+        "iupc (baseline)": dict(ground=g_iupc, cluster=lambda x, s: P.hdbscan_labels(x, iupc.hdbscan), sweeps=iupc.sweeps,
                                 note="RANSAC per polar cell over keyframe + 5 sweeps; HDBSCAN(5, eps 0.5)"),
-        "fast (default)": dict(ground=g_fast, cluster=lambda x: P.range_components(x, rc), sweeps=fast.sweeps,
-                               note="cell-plane ground; range-adaptive voxel components"),
-        "fast ground + HDBSCAN on all points": dict(ground=g_fast, cluster=lambda x: P.hdbscan_labels(x, fast.hdbscan),
+        "fast (default)": dict(ground=g_fast, cluster=lambda x, s: P.range_image_segments(x, ri, scan=s), sweeps=fast.sweeps,
+                               note="cell-plane ground; range-image segmentation (angle criterion, stacked parts)"),
+        "fast ground + voxel components (previous default)": dict(
+            ground=g_fast, cluster=lambda x, s: P.range_components(x, rc, scan=s), sweeps=fast.sweeps,
+            note="range-adaptive components of voxel centroids"),
+        "fast ground + HDBSCAN on all points": dict(ground=g_fast, cluster=lambda x, s: P.hdbscan_labels(x, fast.hdbscan),
                                                     sweeps=fast.sweeps, note="the baseline's clustering"),
-        f"fast ground + voxel {vh.voxel} m HDBSCAN": dict(ground=g_fast, cluster=lambda x: P.voxel_hdbscan(x, vh),
+        f"fast ground + voxel {vh.voxel} m HDBSCAN": dict(ground=g_fast, cluster=lambda x, s: P.voxel_hdbscan(x, vh),
                                                           sweeps=fast.sweeps, note="HDBSCAN on voxel centroids"),
-        "fast ground with 5 earlier sweeps + components": dict(ground=g_fast, cluster=lambda x: P.range_components(x, rc),
-                                                               sweeps=5, note="aggregation as IUPC does"),
-        "fast + HDBSCAN on leftover fragments (< 20 points)": dict(
-            ground=g_fast, cluster=lambda x: P.range_components(x, dataclasses.replace(rc, leftover_below=20)),
-            sweeps=fast.sweeps, note="range_components.leftover_below 20"),
-        "iupc ground + components": dict(ground=g_iupc, cluster=lambda x: P.range_components(x, rc), sweeps=iupc.sweeps,
-                                         note="the baseline's ground, the default's clustering"),
+        "fast ground with 5 earlier sweeps + range image": dict(
+            ground=g_fast, cluster=lambda x, s: P.range_image_segments(x, ri, scan=s), sweeps=5,
+            note="aggregation as IUPC does"),
+        "iupc ground + range image": dict(ground=g_iupc, cluster=lambda x, s: P.range_image_segments(x, ri, scan=s),
+                                          sweeps=iupc.sweeps, note="the baseline's ground, the default's clustering"),
     }
+
+
+def _add(acc: dict, counts: dict) -> None:
+    for k, v in counts.items():
+        acc[k] = acc.get(k, 0) + v
+
+
+def _figures(acc: dict) -> dict:
+    """The summary's figures (lidarlift.evaluate.presegment) and seconds per sweep of summed counts."""
+    n = max(acc.get("sweeps", 0), 1)
+    return {**presegment_figures(acc), "seconds_per_sweep": acc.get("seconds", 0.0) / n,
+            "cpu_seconds_per_sweep": acc.get("cpu_seconds", 0.0) / n}
 
 
 def _timed(fn, repeats: int):
@@ -101,31 +119,35 @@ def main() -> None:
     p = P.PresegmentParams()
     methods = variants(p)
     P._warm_up(["iupc"])
-    P.range_components(np.random.default_rng(0).normal(size=(500, 3)) * 5, p.fast.range_components)  # warm caches
+    warm = np.random.default_rng(0).normal(size=(500, 3)) * 5  # warm caches (a cloud without beams: one beam = 1 deg)
+    P.range_components(warm, p.fast.range_components, scan=fixed_resolution(1.0))
+    P.range_image_segments(warm, p.fast.range_image, scan=fixed_resolution(1.0))
 
     keys = ["all"] + [w for w, _ in worlds]
-    acc = {(k, name): P._zero_counts() for k in keys for name in methods}
+    acc: dict = {(k, name): {} for k in keys for name in methods}
     parts = {name: {"ground_cpu": 0.0, "cluster_cpu": 0.0, "ground_wall": 0.0, "cluster_wall": 0.0} for name in methods}
     n_points = []
     for world, root in worlds:
         manifest = build_manifest({"dataroot": str(root), "version": "v1.0-mini", "format": "nuscenes"})
+        space = label_space(manifest.label_space)
         for sample in manifest.samples:
-            xyz = read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token)[:, :3]
+            pts, scan = read_sweep(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token)
+            xyz = pts[:, :3]
             sweeps = [s for s, _ in P.read_sweeps(manifest, sample, 5)]
-            truth = point_truth(manifest, sample)
+            truth = SampleTruth(manifest, sample)
             n_points.append(len(xyz))
             for name, m in methods.items():
                 reps = args.baseline_repeats if m["ground"] is methods["iupc (baseline)"]["ground"] else args.repeats
                 (ground, cell), gw, gc = _timed(lambda: m["ground"](xyz, sweeps[:m["sweeps"]]), reps)
                 rest = np.flatnonzero(~ground)
-                seg_rest, cw, cc = _timed(lambda: m["cluster"](xyz[rest]), args.repeats if "HDBSCAN on all" not in name else 1)
+                seg_rest, cw, cc = _timed(lambda: m["cluster"](xyz[rest], scan),
+                                          args.repeats if "HDBSCAN on all" not in name else 1)
                 seg = np.full(len(xyz), -1, np.int32)
                 seg[rest] = seg_rest
-                c = P.presegment_counts(P.Presegmentation(ground, seg, cell), truth.label, truth.instance,
-                                        manifest.label_space, p.split_min_points, p.split_min_share)
-                c.update(sweeps=1, sweeps_with_truth=1, input_points=len(xyz), seconds=gw + cw, cpu_seconds=gc + cc)
-                P._add(acc[("all", name)], c)
-                P._add(acc[(world, name)], c)
+                c = presegment_counts(ground, seg, truth.label, truth.instance, truth.range, space)
+                c.update(input_points=len(xyz), seconds=gw + cw, cpu_seconds=gc + cc)
+                _add(acc[("all", name)], c)
+                _add(acc[(world, name)], c)
                 for k, v in (("ground_wall", gw), ("cluster_wall", cw), ("ground_cpu", gc), ("cluster_cpu", cc)):
                     parts[name][k] += v
             print(f"  {world} {sample.token[:8]}: {len(xyz)} points, {sum(len(s) for s in sweeps)} in 5 earlier sweeps",
@@ -134,10 +156,10 @@ def main() -> None:
     n = len(n_points)
     rows = []
     for name, m in methods.items():
-        f = P.figures(acc[("all", name)])
+        f = _figures(acc[("all", name)])
         rows.append({"method": name, "note": m["note"], "earlier_sweeps": m["sweeps"], **f,
                      **{k + "_per_sweep": v / n for k, v in parts[name].items()},
-                     "per_world": {w: P.figures(acc[(w, name)]) for w, _ in worlds}})
+                     "per_world": {w: _figures(acc[(w, name)]) for w, _ in worlds}})
     base, default = rows[0], rows[1]
     ratios = {
         "speedup_wall": base["seconds_per_sweep"] / default["seconds_per_sweep"],
@@ -150,11 +172,11 @@ def main() -> None:
     print(f"presegment benchmark: {n} keyframes from {len(worlds)} worlds, {np.mean(n_points):.0f} points per sweep "
           f"(min {min(n_points)}, max {max(n_points)}); fastest of {args.repeats} rounds (baseline ground "
           f"{args.baseline_repeats}), one core")
-    print(f"{'method':50s} {'gnd P':>6s} {'gnd R':>6s} {'purity':>6s} {'split':>6s} {'lost':>5s} {'noise':>5s} "
+    print(f"{'method':50s} {'gnd P':>6s} {'gnd R':>6s} {'purity':>6s} {'split':>6s} {'merge':>6s} {'lost':>5s} {'noise':>5s} "
           f"{'segs':>5s} {'s/sweep':>7s} {'cpu s':>6s} {'ground':>6s} {'clust':>6s}")
     for r in rows:
         print(f"{r['method'][:50]:50s} {r['ground_precision']:6.3f} {r['ground_recall']:6.3f} {r['segment_purity']:6.3f} "
-              f"{r['split_instance_share']:6.3f} {r['lost_instance_share']:5.3f} {r['noise_share']:5.3f} "
+              f"{r['split_instance_share']:6.3f} {r['merge_instance_share']:6.3f} {r['lost_instance_share']:5.3f} {r['noise_share']:5.3f} "
               f"{r['segments_per_sweep']:5.1f} {r['seconds_per_sweep']:7.3f} {r['cpu_seconds_per_sweep']:6.3f} "
               f"{r['ground_cpu_per_sweep']:6.3f} {r['cluster_cpu_per_sweep']:6.3f}")
     if len(worlds) > 1:

@@ -1,12 +1,15 @@
 """Compiled kernels of the association stage: pinhole projection and the per-camera depth buffer.
 
 The depth buffer answers "does a nearer surface cover this pixel?" from the LiDAR points alone: every
-projected point is splatted as a disc whose radius grows as its depth shrinks (a point stands for a
-surface patch of ``footprint_m`` metres, and a fixed angular floor closes the gaps between beams),
-clipped to an angular range. A point is visible when its depth is within a tolerance of the nearest
-depth at its own pixel. Large discs are drawn on coarser levels of a buffer pyramid (cells of 2^L x 2^L
-pixels) so that every point costs a bounded number of writes; a pixel's depth is the minimum over the
-levels. Kernels are numba-compiled, single-threaded (``threads: 1`` per job), cached
+projected point is splatted as an ellipse whose half-axes grow as its depth shrinks (a point stands for
+a surface patch of ``footprint_m`` metres), each clipped to the point's own angular range along that
+axis (upwards and downwards apart) -- a floor that closes the gaps between neighbouring returns and a
+ceiling, in units of the sweep's measured azimuth step (along the image rows) and vertical beam spacing
+(along the columns) at the point (:mod:`lidarlift.scan`), so that the footprint never reaches the next
+return's neighbours behind it (:mod:`lidarlift.associate` explains the choice). A point is visible when
+its depth is within a tolerance of the nearest depth at its own pixel. Large footprints are drawn on
+coarser levels of a buffer pyramid (cells of 2^L x 2^L pixels) so that every point costs a bounded
+number of writes; a pixel's depth is the minimum over the levels. Kernels are numba-compiled, single-threaded (``threads: 1`` per job), cached
 on disk; they take contiguous arrays and write into caller-allocated outputs.
 """
 from __future__ import annotations
@@ -60,12 +63,15 @@ def splat_kernel(uv, depth, cam, scale, focal, footprint_m, tan_min, tan_max, mi
                  zbuf, lvl_off, lvl_w, lvl_h):  # pragma: no cover - compiled
     """Splat the points of camera ``cam`` into the depth-buffer pyramid ``zbuf`` (min depth per pixel).
 
-    uv (M, C, 2) float32 full-resolution pixels, depth (M, C) float32; ``scale`` = buffer level 0 /
-    image resolution; ``focal`` in level-0 pixels. Disc radius (level-0 px) = focal * clip(footprint_m
-    / depth, tan_min, tan_max); a disc wider than ``max_level_radius`` is drawn on the first coarser
-    level (2^L x 2^L pixels per cell) where it is not, so each point costs a bounded number of writes.
-    ``zbuf`` is the flat float32 pyramid, level L at ``lvl_off[L]`` with ``lvl_h[L]`` rows of
-    ``lvl_w[L]``. Points with depth <= min_depth do not occlude.
+    uv (M, C, 2) float32 full-resolution pixels, depth (M, C) float32; tan_min, tan_max (M, 3) float32
+    per-point bounds of the footprint's angular half-widths (tangents): column 0 along the image rows
+    (the LiDAR's azimuth), column 1 downwards and column 2 upwards along the image columns (its
+    elevation); ``scale`` = buffer level 0 / image resolution; ``focal`` in level-0 pixels. The
+    footprint is an ellipse (two half-ellipses, above and below the point) with half-axes (level-0 px)
+    ``focal * clip(footprint_m / depth, tan_min[i, k], tan_max[i, k])``; one wider than
+    ``max_level_radius`` is drawn on the first coarser level (2^L x 2^L pixels per cell) where it is
+    not, so each point costs a bounded number of writes. ``zbuf`` is the flat float32 pyramid, level L
+    at ``lvl_off[L]`` with ``lvl_h[L]`` rows of ``lvl_w[L]``. Points with depth <= min_depth do not occlude.
     """
     n_lvl = lvl_off.shape[0]
     for i in range(uv.shape[0]):
@@ -73,36 +79,37 @@ def splat_kernel(uv, depth, cam, scale, focal, footprint_m, tan_min, tan_max, mi
         if not d > min_depth:
             continue
         t = footprint_m / d
-        if t < tan_min:
-            t = tan_min
-        elif t > tan_max:
-            t = tan_max
-        r = focal * t
+        ru = focal * max(min(t, tan_max[i, 0]), tan_min[i, 0])
+        rd = focal * max(min(t, tan_max[i, 1]), tan_min[i, 1])
+        rt = focal * max(min(t, tan_max[i, 2]), tan_min[i, 2])
         lvl = 0
         cell = 1.0
-        while r > max_level_radius and lvl < n_lvl - 1:
-            r *= 0.5
+        while max(ru, rd, rt) > max_level_radius and lvl < n_lvl - 1:
+            ru *= 0.5
+            rd *= 0.5
+            rt *= 0.5
             cell *= 2.0
             lvl += 1
         w = lvl_w[lvl]
         h = lvl_h[lvl]
         off = lvl_off[lvl]
-        # cells whose centre lies within r of the point (continuous position); r >= 0.71 so that the
-        # point's own cell is always covered
-        if r < 0.71:
-            r = 0.71
+        # cells whose centre lies inside the footprint (continuous position); half-axes >= 0.71 so that
+        # the point's own cell is always covered
+        ru = max(ru, 0.71)
+        rd = max(rd, 0.71)
+        rt = max(rt, 0.71)
         # (u + 0.5) * scale: buffer coordinates in which cell x covers [x, x + 1)
         pu = (uv[i, cam, 0] + 0.5) * scale / cell
         pv = (uv[i, cam, 1] + 0.5) * scale / cell
-        if pu + r < 0.0 or pu - r > w or pv + r < 0.0 or pv - r > h:
+        if pu + ru < 0.0 or pu - ru > w or pv + rd < 0.0 or pv - rt > h:
             continue
         df = np.float32(d)
-        r2 = r * r
-        y0 = max(int(math.ceil(pv - r - 0.5)), 0)
-        y1 = min(int(math.floor(pv + r - 0.5)), h - 1)
+        y0 = max(int(math.ceil(pv - rt - 0.5)), 0)
+        y1 = min(int(math.floor(pv + rd - 0.5)), h - 1)
         for y in range(y0, y1 + 1):
             dy = y + 0.5 - pv
-            hw = math.sqrt(max(r2 - dy * dy, 0.0))
+            dy = dy / rd if dy >= 0.0 else dy / rt
+            hw = ru * math.sqrt(max(1.0 - dy * dy, 0.0))
             x0 = max(int(math.ceil(pu - hw - 0.5)), 0)
             x1 = min(int(math.floor(pu + hw - 0.5)), w - 1)
             row = off + y * w

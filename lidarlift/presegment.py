@@ -2,7 +2,7 @@
 
 Stage ``presegment``: per shard, the ``presegment`` store (per keyframe point: ``ground``,
 ``segment_id`` unique within the keyframe with -1 = noise or ground, ``ground_cell`` the polar cell id of
-ground points) and a metrics file. Methods (``presegment.method``, registry :data:`METHODS`):
+ground points) and a stats file. Methods (``presegment.method``, registry :data:`METHODS`):
 
 - ``iupc`` — the baseline exactly as IUPC builds it: the keyframe and its 5 previous sweeps (moved into
   the keyframe lidar frame through the manifest's 4x4 transforms; used for ground fitting only) in polar
@@ -12,27 +12,27 @@ ground points) and a metrics file. Methods (``presegment.method``, registry :dat
   points inside some camera's field of view; lidarlift runs on every keyframe point (the store covers all).
 - ``fast`` (default) — a robust plane per polar cell, all sectors of a ring at once, ring by ring
   outwards with a continuity check and a structure test (:func:`lidarlift.ground.cell_plane_ground`),
-  then :func:`range_components`: connected components of 0.2 m voxel centroids linked within
-  ``max(0.3 m, 0.04 x range)`` (the link grows as the beams spread), every point taking its voxel's
-  segment. :func:`voxel_hdbscan` (HDBSCAN on voxel centroids) and plain HDBSCAN are selectable as
-  ``fast.cluster``; measured on the synthetic world, the components are both purer and less split
-  than HDBSCAN, at a fraction of its time (bench/bench_presegment.py).
+  then :func:`range_image_segments`: segmentation in the range image, in the scanner's own angular
+  units (the sweep's vertical beam spacing and azimuth step, measured by :func:`lidarlift.scan.measure_scan`;
+  no ring ids needed), so one default holds for 32, 64 and 128 beams. Neighbouring returns along a scan
+  line and on neighbouring beams are linked by the angle criterion of Bogoslavskyi & Stachniss
+  ("Efficient online segmentation for sparse 3D laser scans", 2017: a depth jump between two objects
+  makes a small angle between the joining line and the ray), along the scan line also where the depth
+  slope continues (a flank seen at a grazing angle) and across a nearer occluder (a pole in front of a
+  wall); components resting on one another across a horizontal surface no beam hits (a car's cabin on
+  its body, 1-2 m behind the boot's edge along the rays) are joined. The previous default,
+  :func:`range_components` (connected components of 0.2 m voxel centroids within a range-adaptive
+  ellipsoid counted in beams), :func:`voxel_hdbscan` and plain HDBSCAN remain selectable as
+  ``fast.cluster``. Measured on the synthetic worlds of three scanners (bench/bench_scanners.py):
+  purer segments and fewer split instances than the voxel components; touching things of one class
+  in a row (barriers end to end, bicycles in a rack, a standing group, a tractor and its trailer) stay
+  merged -- nothing in their geometry separates them.
 
-Metrics (against :func:`lidarlift.groundtruth.point_truth`; points whose true class is 0 = ignore are
-left out of every count):
-- ground precision / recall: predicted ground against the flat classes of the label space
-  (nuScenes: driveable_surface, other_flat, sidewalk, terrain);
-- segment purity: of the non-ground points that lie in a segment (segment_id >= 0), the share whose
-  true key (instance key for things, class for stuff) is the majority key of their segment; the share of
-  non-ground points left as noise is reported as ``noise_share``;
-- split_instance_share: of the true thing instances with at least ``split_min_points`` keyframe points,
-  the share *split*: their points that lie in segments fall into two or more segments that each hold at
-  least ``split_min_share`` of those points (instances with no point in any segment count as
-  ``lost``, not split);
-- seconds per sweep: wall time of the method's compute (ground with the earlier sweeps it uses,
-  clustering) on ``threads`` cores, CPU time as ``cpu_seconds_per_sweep``; reading the files and moving
-  the earlier sweeps into the keyframe frame is reported apart as ``read_seconds_per_sweep``.
-With ``compare_baseline`` the baseline runs on the same sweeps and its figures go under ``baseline``.
+Stats (no ground truth; :mod:`lidarlift.evaluate.presegment` measures ground precision / recall,
+purity, split and merged instances): seconds per sweep, the method's compute (ground with the earlier
+sweeps it uses, clustering) on ``threads`` cores, CPU time beside it; reading the files and moving the
+earlier sweeps into the keyframe frame apart (``read_seconds``). The IUPC baseline runs in its own rule
+(``presegment_baseline``) on the same sweeps when ``presegment.compare_baseline`` is on.
 """
 from __future__ import annotations
 
@@ -47,16 +47,10 @@ from lidarlift import artifacts as A
 from lidarlift.datasets.readers import DatasetError, read_lidar
 from lidarlift.ground import CellPlaneParams, IupcGroundParams, cell_plane_ground, iupc_ground, sweep_to_keyframe
 from lidarlift.manifest import Manifest, SampleRecord, as_matrix
+from lidarlift.scan import ScanResolution, read_sweep, resolve_resolution
 from lidarlift.workflow import write_json
 
 log = logging.getLogger("lidarlift.presegment")
-
-#: Flat (ground) classes of each label space, by name.
-FLAT_CLASSES: dict[str, tuple[str, ...]] = {
-    "nuscenes16": ("driveable_surface", "other_flat", "sidewalk", "terrain"),
-    "semantickitti19": ("road", "parking", "sidewalk", "other-ground", "terrain"),
-}
-
 
 @dataclass
 class HdbscanParams:
@@ -73,11 +67,38 @@ class RangeComponentsParams:
 
     voxel: float = 0.2  # voxel edge (m); points of a voxel share its segment
     eps: float = 0.3  # voxels closer than this are connected (m) ...
-    range_factor: float = 0.04  # ... or closer than this x range (~1.7x the 1.33 deg beam spacing of a 32-beam LiDAR)
+    link_beams: float = 1.72  # ... or, along the line of sight and vertically, this many vertical beam spacings at their range
+    link_columns: float = 3.0  # ... and across it (along the azimuth) this many azimuth steps
     range_bands: int = 6  # range bands for the adaptive radius search
     min_points: int = 5  # components with fewer points are noise
     leftover_below: int = 0  # components with fewer points go to HDBSCAN together (0 = off: measured no better)
     leftover_hdbscan: HdbscanParams = field(default_factory=HdbscanParams)
+
+
+@dataclass
+class RangeImageParams:
+    """Segmentation in the range image (``presegment.fast.cluster: range_image``; :func:`range_image_segments`).
+
+    Angles are the scanner's own: neighbours are the nearest returns along the scan line and across the
+    scan lines, and the angle criterion compares each pair's depth step with the angular step between
+    them, so one default holds for 32, 64 and 128 beams. Fitted constants were chosen on the tuning
+    world (synthetic seed 1, all three presets: ``bench/bench_scanners.py --sweep``).
+    """
+
+    theta_deg: float = 10.0  # angle criterion along a scan line (Bogoslavskyi & Stachniss's default; not fitted)
+    theta_vertical_deg: float = 30.0  # ... across the scan lines (tuning world seed 1: fewer merges of touching things)
+    slope_tolerance: float = 0.3  # a grazing surface: the depth slope continues on both sides within this share (seed 1)
+    bridge_m: float = 1.0  # a surface continues behind a nearer occluder hiding up to this much of it (m; seed 1)
+    bridge_deg: float = 30.0  # ... when the angle criterion across the hidden stretch holds at this angle (seed 1)
+    stack_gap_m: float = 2.0  # stacked parts: the longest hidden horizontal surface bridged (a bonnet, m; seed 1)
+    stack_rings: float = 1.5  # ... and at most this many ring spacings of a horizontal surface at that height (seed 1)
+    stack_tolerance_m: float = 0.15  # ... the upper part lies no lower than the lower part's top less this (m)
+    stack_min_pairs: int = 3  # ... joined by at least this many neighbouring returns (seed 1)
+    stack_above: float = 0.8  # ... this share of the upper part lies above the lower part's top (seed 1)
+    stack_overlap: float = 0.5  # ... their azimuth spans overlap by this share of the narrower (seed 1)
+    stack_width_ratio: float = 0.3  # ... and the narrower spans at least this share of the wider (seed 1)
+    columns: float = 2.5  # a neighbour along the scan line lies within this many azimuth steps (one dropped return)
+    min_points: int = 5  # segments with fewer points are noise
 
 
 @dataclass
@@ -103,7 +124,8 @@ class FastParams:
 
     sweeps: int = 0  # earlier sweeps aggregated for ground fitting (measured: no gain on the synthetic world)
     ground: CellPlaneParams = field(default_factory=CellPlaneParams)
-    cluster: str = "range_components"  # range_components | voxel_hdbscan | hdbscan
+    cluster: str = "range_image"  # range_image | range_components | voxel_hdbscan | hdbscan
+    range_image: RangeImageParams = field(default_factory=RangeImageParams)
     range_components: RangeComponentsParams = field(default_factory=RangeComponentsParams)
     voxel_hdbscan: VoxelHdbscanParams = field(default_factory=VoxelHdbscanParams)
     hdbscan: HdbscanParams = field(default_factory=HdbscanParams)
@@ -114,21 +136,34 @@ class PresegmentParams:
     """The ``presegment`` config section."""
 
     method: str = "fast"
-    compare_baseline: bool = True
-    split_min_points: int = 10
-    split_min_share: float = 0.1
     seed: int = 0
+    beam_spacing_deg: float | None = None  # None: measured from each sweep (lidarlift.scan); a number: one beam = this
     iupc: IupcParams = field(default_factory=IupcParams)
     fast: FastParams = field(default_factory=FastParams)
 
     @staticmethod
     def from_config(cfg: dict[str, Any] | None) -> "PresegmentParams":
-        p = _build(PresegmentParams, cfg or {}, "presegment")
+        from lidarlift.config import without_scoped
+
+        p = _build(PresegmentParams, without_scoped("presegment", cfg), "presegment")
         if p.method not in METHODS:
             raise ValueError(f"config key presegment.method: unknown method {p.method!r}; choose one of {sorted(METHODS)}")
         if p.fast.cluster not in CLUSTERERS:
             raise ValueError(f"config key presegment.fast.cluster: unknown {p.fast.cluster!r}; "
                              f"choose one of {sorted(CLUSTERERS)}")
+        if p.beam_spacing_deg is not None and not 0 < p.beam_spacing_deg <= 10:
+            raise ValueError(f"config key presegment.beam_spacing_deg: {p.beam_spacing_deg!r} is not in (0, 10] (null: measured)")
+        if p.fast.range_components.link_beams < 0:
+            raise ValueError(f"config key presegment.fast.range_components.link_beams: {p.fast.range_components.link_beams!r} < 0")
+        ri = p.fast.range_image
+        for key in ("theta_deg", "theta_vertical_deg", "bridge_deg"):
+            if not 0 < getattr(ri, key) < 90:
+                raise ValueError(f"config key presegment.fast.range_image.{key}: {getattr(ri, key)!r} is not in (0, 90) degrees")
+        for key in ("stack_above", "stack_overlap", "stack_width_ratio"):
+            if not 0 <= getattr(ri, key) <= 1:
+                raise ValueError(f"config key presegment.fast.range_image.{key}: {getattr(ri, key)!r} is not in [0, 1]")
+        if ri.columns < 1:
+            raise ValueError(f"config key presegment.fast.range_image.columns: {ri.columns!r} < 1 azimuth step")
         return p
 
     def sweeps_for(self, method: str) -> int:
@@ -206,36 +241,67 @@ def voxel_hdbscan(xyz: np.ndarray, p: VoxelHdbscanParams, threads: int = 1) -> n
     return hdbscan_labels(cent, p.hdbscan, threads)[inverse]
 
 
-def range_adaptive_pairs(xyz: np.ndarray, eps: float, range_factor: float, bands: int = 6) -> np.ndarray:
-    """(E, 2) int64 index pairs of (V, 3) points closer than ``max(eps, range_factor * max(r_i, r_j))``,
-    r = distance from the sensor; each pair at least once (duplicates possible)."""
+def range_adaptive_pairs(xyz: np.ndarray, eps: float, radial: np.ndarray, tangential: np.ndarray,
+                         bands: int = 6) -> np.ndarray:
+    """(E, 2) int64 index pairs of (V, 3) points (sensor at the origin) linked by an ellipsoid: their
+    separation d splits into t, its horizontal component across the line of sight (along the azimuth),
+    and q, the rest (along the line of sight and vertical); linked when (t / T)^2 + (q / R)^2 <= 1 with
+    T = max(eps, tangential_i, tangential_j) and R = max(eps, radial_i, radial_j), so points closer
+    than ``eps`` are always linked. ``radial``, ``tangential``: (V,) float64 each point's own link
+    lengths (m, growing with range). Each pair at least once (duplicates possible)."""
     from scipy.spatial import cKDTree
 
     tree = cKDTree(xyz)
     pairs = [tree.query_pairs(eps, output_type="ndarray").astype(np.int64)]
-    radius = range_factor * np.linalg.norm(xyz, axis=1)
-    far = np.flatnonzero(radius > eps)
-    if len(far) and range_factor > 0:
-        edges = np.geomspace(eps, radius[far].max() * (1 + 1e-9), max(1, bands) + 1)
-        band = np.clip(np.searchsorted(edges, radius[far], side="left") - 1, 0, len(edges) - 2)
+    radial = np.maximum(np.asarray(radial, np.float64), eps)
+    tangential = np.maximum(np.asarray(tangential, np.float64), eps)
+    reach = np.maximum(radial, tangential)
+    far = np.flatnonzero(reach > eps)
+    if len(far):
+        edges = np.geomspace(eps, reach[far].max() * (1 + 1e-9), max(1, bands) + 1)
+        band = np.clip(np.searchsorted(edges, reach[far], side="left") - 1, 0, len(edges) - 2)
         for b in range(len(edges) - 1):
             rows = far[band == b]
             if len(rows) == 0:
                 continue
             d = cKDTree(xyz[rows]).sparse_distance_matrix(tree, edges[b + 1], output_type="ndarray")
             i, j = rows[d["i"]], d["j"].astype(np.int64)
-            keep = (d["v"] > eps) & (d["v"] <= np.maximum(radius[i], radius[j]))
-            pairs.append(np.stack([i[keep], j[keep]], 1))
+            keep = d["v"] > eps
+            i, j = i[keep], j[keep]
+            sep = xyz[j] - xyz[i]
+            mid = 0.5 * (xyz[i, :2] + xyz[j, :2])
+            across = np.abs(sep[:, 0] * mid[:, 1] - sep[:, 1] * mid[:, 0]) / np.maximum(np.linalg.norm(mid, axis=1), 1e-9)
+            rest2 = np.maximum((sep * sep).sum(axis=1) - across * across, 0.0)
+            t_len, r_len = np.maximum(tangential[i], tangential[j]), np.maximum(radial[i], radial[j])
+            ok = (across / t_len) ** 2 + rest2 / r_len ** 2 <= 1.0
+            pairs.append(np.stack([i[ok], j[ok]], 1))
     return np.concatenate(pairs)
 
 
-def range_components(xyz: np.ndarray, p: RangeComponentsParams, threads: int = 1) -> np.ndarray:
+def link_lengths(xyz: np.ndarray, link_beams: float, link_columns: float,
+                 scan: ScanResolution) -> tuple[np.ndarray, np.ndarray]:
+    """(radial (V,), tangential (V,)) float64 range-adaptive link lengths (m) of (V, 3) points (sensor
+    frame), in the scanner's own units: ``link_beams`` vertical beam spacings and ``link_columns``
+    azimuth steps at each point's range (``range * angle``; :class:`lidarlift.scan.ScanResolution`)."""
+    rng = np.linalg.norm(xyz, axis=1)
+    el = np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1]))
+    return link_beams * rng * scan.vertical_spacing(el), link_columns * rng * scan.azimuth_step
+
+
+def range_components(xyz: np.ndarray, p: RangeComponentsParams, threads: int = 1,
+                     scan: ScanResolution | None = None) -> np.ndarray:
     """(M,) int32 segments of (M, 3) non-ground points (sensor at the origin), -1 = noise.
 
-    Points go into ``voxel`` m voxels; voxel centroids closer than ``max(eps, range_factor * range)``
-    are connected (the radius grows with range as the LiDAR's beams spread, so a far object whose scan
-    lines lie 1 m apart stays whole, while near objects ``eps`` apart stay separate); connected
-    components are the segments. With ``leftover_below`` > 0, components with fewer points are clustered
+    Points go into ``voxel`` m voxels; voxel centroids are connected when they lie within an ellipsoid
+    (:func:`range_adaptive_pairs`) that reaches ``link_beams`` vertical beam spacings along the line of
+    sight and vertically and ``link_columns`` azimuth steps across it, at their range
+    (:func:`link_lengths`; the sweep's resolution ``scan``, :mod:`lidarlift.scan`), never less than
+    ``eps``. The link grows with range as the LiDAR's beams spread, so a far object whose scan lines lie
+    1 m apart stays whole while near objects ``eps`` apart stay separate; it is counted in the scanner's
+    own beams, so a 64-beam sweep is not linked across 4 of its beams where a 32-beam one is linked
+    across 1.7; and a sparse sensor's long vertical link (a 32-beam's beams are 6 azimuth steps apart)
+    does not reach sideways to the next car of a parked row. ``scan`` None: measured from ``xyz``
+    (ring-less). Connected components are the segments. With ``leftover_below`` > 0, components with fewer points are clustered
     again, all together, by HDBSCAN (so sparse fragments may still form segments; off by default, as it
     measured no better); what remains under ``min_points`` is noise.
     """
@@ -244,8 +310,10 @@ def range_components(xyz: np.ndarray, p: RangeComponentsParams, threads: int = 1
 
     if len(xyz) == 0:
         return np.zeros(0, np.int32)
+    if scan is None:
+        scan = resolve_resolution(xyz)
     inverse, cent, counts = voxelize(xyz, p.voxel)
-    pairs = range_adaptive_pairs(cent, p.eps, p.range_factor, p.range_bands)
+    pairs = range_adaptive_pairs(cent, p.eps, *link_lengths(cent, p.link_beams, p.link_columns, scan), p.range_bands)
     n = len(cent)
     graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
     _, comp = connected_components(graph, directed=False)
@@ -260,6 +328,262 @@ def range_components(xyz: np.ndarray, p: RangeComponentsParams, threads: int = 1
     return _compact(seg)
 
 
+#: Candidate neighbours examined per return in the range image (the 4 directions' nearest lie among them).
+_RANGE_IMAGE_CANDIDATES = 12
+#: A neighbour across the scan lines lies within this many azimuth steps of the return's column.
+_VERTICAL_NEIGHBOUR_COLUMNS = 2.0
+#: Azimuth steps of slack in the stacked parts' span comparisons (a span is measured between returns).
+_SPAN_SLACK_COLUMNS = 2.0
+
+
+@dataclass
+class RangeImageNeighbours:
+    """Nearest returns of each of N points in the range image, (N,) int64 indices (-1 = none): ``right``
+    and ``left`` along the scan line (within ``columns`` azimuth steps), ``up`` and ``down`` on the next
+    beam above / below (within 2 azimuth steps of the column), ``up2`` the nearest above within two beams
+    (one beam may have no return there)."""
+
+    right: np.ndarray
+    left: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+    up2: np.ndarray
+
+
+def range_image_coordinates(xyz: np.ndarray, scan: ScanResolution) -> tuple[np.ndarray, np.ndarray, float]:
+    """(column (N,), row (N,), columns per revolution) of (N, 3) points (sensor frame) in the range image, in
+    the scanner's own units: column = (azimuth + pi) / azimuth step, row = continuous beam index
+    (:meth:`lidarlift.scan.ScanResolution.beam_index`), both float64."""
+    xyz = np.asarray(xyz, np.float64)
+    el = np.arctan2(xyz[:, 2], np.hypot(xyz[:, 0], xyz[:, 1]))
+    az = np.arctan2(xyz[:, 1], xyz[:, 0])
+    n_cols = 2 * np.pi / scan.azimuth_step
+    return np.mod((az + np.pi) / scan.azimuth_step, n_cols), scan.beam_index(el), n_cols
+
+
+def range_image_neighbours(col: np.ndarray, row: np.ndarray, n_cols: float, columns: float = 2.5) -> RangeImageNeighbours:
+    """The nearest return in each direction of the range image (:class:`RangeImageNeighbours`) of points at
+    continuous (column (N,), row (N,)) (:func:`range_image_coordinates`); the azimuth wraps around at
+    ``n_cols``. Rows closer than half a beam count as one scan line, so no ring ids are needed."""
+    from scipy.spatial import cKDTree
+
+    n = len(col)
+    none = np.full(n, -1, np.int64)
+    if n < 2:
+        return RangeImageNeighbours(none, none.copy(), none.copy(), none.copy(), none.copy())
+    rows_scale = 2.0  # one beam counts as two azimuth steps in the candidate search
+    pts = np.column_stack([col, (row - row.min()) * rows_scale])
+    span = float(pts[:, 1].max()) + 4 * rows_scale + 1.0
+    tree = cKDTree(pts, boxsize=[n_cols, 4 * span])  # periodic in azimuth only (the rows never reach the period)
+    reach = max(columns, _VERTICAL_NEIGHBOUR_COLUMNS) + 2.5 * rows_scale
+    k = min(_RANGE_IMAGE_CANDIDATES, n - 1)
+    _, nb = tree.query(pts, k=k + 1, distance_upper_bound=reach)
+    nb = nb[:, 1:]
+    ok = nb < n
+    nbs = np.where(ok, nb, 0)
+    dcol = col[nbs] - col[:, None]
+    dcol = (dcol + n_cols / 2) % n_cols - n_cols / 2
+    drow = row[nbs] - row[:, None]
+    adc = np.abs(dcol)
+    near_col = adc <= _VERTICAL_NEIGHBOUR_COLUMNS
+    rows = np.arange(n)
+
+    def nearest(cond: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        c = np.where(ok & cond, cost, np.inf)
+        best = np.argmin(c, axis=1)
+        return np.where(np.isfinite(c[rows, best]), nbs[rows, best], -1).astype(np.int64)
+
+    same = np.abs(drow) < 0.5
+    return RangeImageNeighbours(
+        right=nearest(same & (dcol > 0) & (dcol <= columns), dcol),
+        left=nearest(same & (dcol < 0) & (dcol >= -columns), -dcol),
+        up=nearest((drow >= 0.5) & (drow < 1.5) & near_col, adc + 0.1 * np.abs(drow - 1)),
+        down=nearest((drow <= -0.5) & (drow > -1.5) & near_col, adc + 0.1 * np.abs(drow + 1)),
+        up2=nearest((drow >= 0.5) & (drow < 2.5) & near_col, adc + 10.0 * np.round(drow)),
+    )
+
+
+def angle_criterion(r: np.ndarray, i: np.ndarray, j: np.ndarray, alpha: np.ndarray | float) -> np.ndarray:
+    """(E,) float64 rad: Bogoslavskyi & Stachniss's angle beta between the line joining returns i and j and
+    the ray of the farther one, for ranges r (N,) m and the angular step alpha (rad, scalar or (E,))
+    between them: small beta is a depth jump (two objects), large beta a surface facing the sensor."""
+    d1, d2 = np.maximum(r[i], r[j]), np.minimum(r[i], r[j])
+    return np.arctan2(d2 * np.sin(alpha), d1 - d2 * np.cos(alpha))
+
+
+def slope_continues(i: np.ndarray, j: np.ndarray, before: np.ndarray, after: np.ndarray, r: np.ndarray,
+                    coord: np.ndarray, tolerance: float) -> np.ndarray:
+    """(E,) bool: the depth slope (m per step of ``coord``) from return i to its neighbour j equals, within
+    ``tolerance`` of itself and with the same sign, both the slope into i from ``before[i]`` and the slope
+    out of j to ``after[j]`` -- three equal steps of one planar surface, however oblique (a car's flank
+    seen at a grazing angle), where a depth jump between two objects is a single step."""
+    step = (r[j] - r[i]) / np.maximum(np.abs(coord[j] - coord[i]), 1e-6)
+    out = np.ones(len(i), bool)
+    for a, b in ((before[i], i), (j, after[j])):
+        valid = (a >= 0) & (b >= 0) & (a != b)
+        a0, b0 = np.maximum(a, 0), np.maximum(b, 0)
+        other = (r[b0] - r[a0]) / np.maximum(np.abs(coord[b0] - coord[a0]), 1e-6)
+        out &= valid & (np.abs(step - other) <= tolerance * np.abs(step)) & (np.sign(step) == np.sign(other))
+    return out
+
+
+#: Bridging: an occluder is nearer than the surface behind it by more than this (m), and the scan line is
+#: followed for at most this many steps.
+_BRIDGE_DEPTH_M = 0.3
+_BRIDGE_MAX_STEPS = 64
+
+
+def bridge_occluders(right: np.ndarray, r: np.ndarray, linked: np.ndarray, alpha: np.ndarray, col: np.ndarray,
+                     n_cols: float, p: RangeImageParams) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i (E,), k (E,)) of returns of one surface on both sides of a nearer occluder in its scan line.
+
+    From each return i whose right neighbour is nearer and not linked to it (an occluder starts), the scan
+    line is followed while the returns stay nearer by more than :data:`_BRIDGE_DEPTH_M`; the first return k back
+    at i's depth, within ``bridge_m`` of hidden surface at i's range, is paired with i when the angle
+    criterion across the hidden stretch holds at ``bridge_deg`` (``alpha``: (N,) rad, one azimuth step
+    per point). ``linked`` (N,) bool: i is linked to its right neighbour."""
+    margin = _BRIDGE_DEPTH_M
+    i = np.flatnonzero((right >= 0) & ~linked)
+    i = i[r[right[i]] < r[i] - margin]
+    cur = right[i]
+    max_steps = p.bridge_m / (r[i] * alpha[i])
+    found_i, found_k = [], []
+    for step in range(2, _BRIDGE_MAX_STEPS + 2):
+        nxt = right[cur]
+        keep = (nxt >= 0) & (step <= max_steps)
+        i, cur, max_steps, nxt = i[keep], cur[keep], max_steps[keep], nxt[keep]
+        if not len(i):
+            break
+        back = r[nxt] >= r[i] - margin
+        found_i.append(i[back])
+        found_k.append(nxt[back])
+        i, cur, max_steps = i[~back], nxt[~back], max_steps[~back]
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    bi, bk = np.concatenate(found_i), np.concatenate(found_k)
+    gap = np.abs((col[bk] - col[bi] + n_cols / 2) % n_cols - n_cols / 2) * alpha[bi]
+    ok = angle_criterion(r, bi, bk, gap) > np.radians(p.bridge_deg)
+    return bi[ok], bk[ok]
+
+
+def merge_stacked(seg: np.ndarray, xyz: np.ndarray, rho: np.ndarray, col: np.ndarray, n_cols: float,
+                  low: np.ndarray, high: np.ndarray, spacing: np.ndarray, p: RangeImageParams) -> np.ndarray:
+    """(N,) int64 segments with stacked parts of one object joined: a car's cabin over its body, a truck's
+    box over its cab, across the horizontal surface between them (a bonnet, a boot) that the scanner does
+    not see: seen from above at a grazing angle it falls between two beams.
+
+    ``seg`` (N,) int64 >= 0; ``low``, ``high`` (E,) returns on neighbouring beams, ``high`` above; ``rho``
+    (N,) horizontal range; ``spacing`` (N,) rad vertical beam spacing. A pair crosses a hidden horizontal
+    surface when the upper return lies behind the lower one by at most ``stack_gap_m`` and by at most
+    ``stack_rings`` times the gap between two beams' hits on a horizontal surface at the lower return's
+    height (``rho^2 * spacing / height below the sensor``: a longer surface would have been hit), and no
+    lower than ``stack_tolerance_m`` under it. Segments A (below) and B are joined when ``stack_min_pairs``
+    such pairs join them and B rests on A: ``stack_above`` of B's points lie above A's top (less the
+    tolerance), their azimuth spans overlap by ``stack_overlap`` of the narrower, which spans at least
+    ``stack_width_ratio`` of the wider (a person behind a row of barriers is not part of the row).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = seg[low], seg[high]
+    gap = rho[high] - rho[low]
+    depth_below = np.maximum(np.abs(xyz[low, 2]), 0.05)
+    ok = ((a != b) & (gap > 0) & (gap <= p.stack_gap_m) & (gap <= p.stack_rings * rho[low] ** 2 * spacing[low] / depth_below)
+          & (xyz[high, 2] >= xyz[low, 2] - p.stack_tolerance_m))
+    if not ok.any():
+        return seg
+    m = int(seg.max()) + 1
+    key, cnt = np.unique(a[ok].astype(np.int64) * m + b[ok], return_counts=True)
+    keep = cnt >= p.stack_min_pairs
+    A, B = key[keep] // m, key[keep] % m
+    if not len(A):
+        return seg
+    # azimuth span of each segment, measured from its first point (segments are far narrower than a turn)
+    first = np.full(m, -1, np.int64)
+    first[seg[::-1]] = np.arange(len(seg))[::-1]
+    rel = (col - col[first[seg]] + n_cols / 2) % n_cols - n_cols / 2
+    lo, hi = np.full(m, np.inf), np.full(m, -np.inf)
+    np.minimum.at(lo, seg, rel)
+    np.maximum.at(hi, seg, rel)
+    top = np.full(m, -np.inf)
+    np.maximum.at(top, seg, xyz[:, 2])
+    shift = (col[first[B]] - col[first[A]] + n_cols / 2) % n_cols - n_cols / 2  # B's frame in A's
+    lo_b, hi_b = lo[B] + shift, hi[B] + shift
+    wa, wb = hi[A] - lo[A], hi[B] - lo[B]
+    narrow, wide = np.minimum(wa, wb), np.maximum(wa, wb)
+    overlap = np.minimum(hi[A], hi_b) - np.maximum(lo[A], lo_b)
+    good = (overlap >= p.stack_overlap * narrow) & (narrow + _SPAN_SLACK_COLUMNS >= p.stack_width_ratio * wide)
+    # share of B above A's top
+    order = np.lexsort((xyz[:, 2], seg))
+    z_sorted, starts = xyz[order, 2], np.searchsorted(seg[order], np.arange(m + 1))
+    for q in np.flatnonzero(good):
+        zb = z_sorted[starts[B[q]]:starts[B[q] + 1]]
+        above = len(zb) - np.searchsorted(zb, top[A[q]] - p.stack_tolerance_m)
+        good[q] = above >= p.stack_above * len(zb)
+    if not good.any():
+        return seg
+    graph = coo_matrix((np.ones(int(good.sum()), np.int8), (A[good], B[good])), shape=(m, m))
+    return connected_components(graph, directed=False)[1][seg].astype(np.int64)
+
+
+def range_image_segments(xyz: np.ndarray, p: RangeImageParams, threads: int = 1,
+                         scan: ScanResolution | None = None) -> np.ndarray:
+    """(M,) int32 segments of (M, 3) non-ground points (sensor frame), -1 = noise, by range-image
+    segmentation in the scanner's own angular units (``scan``: the sweep's resolution,
+    :mod:`lidarlift.scan`; None: measured from ``xyz``).
+
+    Each return is linked to its nearest neighbours along its scan line and on the beams above and below
+    (:func:`range_image_neighbours`, no ring ids needed) when the angle criterion of Bogoslavskyi &
+    Stachniss ("Efficient online segmentation for sparse 3D laser scans", 2017) holds: the angle between
+    the line joining two returns and the farther one's ray exceeds ``theta_deg`` along the scan line and
+    ``theta_vertical_deg`` across the scan lines (:func:`angle_criterion`, with the nominal angular step:
+    the azimuth step, or the vertical spacing at the return's elevation, so a dropped return between
+    two objects does not make their jump look like a steep surface). Along a scan line a pair is also
+    linked when the depth slope continues on both sides (:func:`slope_continues`: a planar surface seen
+    at a grazing angle) and across a nearer occluder (:func:`bridge_occluders`). The connected components
+    are then joined where one rests on another across a hidden horizontal surface
+    (:func:`merge_stacked`: a car's cabin over its body). Components with fewer than ``min_points``
+    points are noise.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    xyz = np.asarray(xyz, np.float64)
+    n = len(xyz)
+    if n == 0:
+        return np.zeros(0, np.int32)
+    if scan is None:
+        scan = resolve_resolution(xyz)
+    r = np.maximum(np.linalg.norm(xyz, axis=1), 1e-6)
+    rho = np.hypot(xyz[:, 0], xyz[:, 1])
+    col, row, n_cols = range_image_coordinates(xyz, scan)
+    nb = range_image_neighbours(col, row, n_cols, p.columns)
+    v_spacing = scan.vertical_spacing(np.arctan2(xyz[:, 2], rho))
+    az_step = np.full(n, scan.azimuth_step)
+    idx = np.arange(n, dtype=np.int64)
+    hi_, hj = idx[nb.right >= 0], nb.right[nb.right >= 0]
+    vi, vj = idx[nb.up >= 0], nb.up[nb.up >= 0]
+    lh = angle_criterion(r, hi_, hj, scan.azimuth_step) > np.radians(p.theta_deg)
+    lv = angle_criterion(r, vi, vj, v_spacing[vi]) > np.radians(p.theta_vertical_deg)
+    if p.slope_tolerance > 0:
+        lh |= slope_continues(hi_, hj, nb.left, nb.right, r, col, p.slope_tolerance)
+    ei, ej = [hi_[lh], vi[lv]], [hj[lh], vj[lv]]
+    if p.bridge_m > 0:
+        linked = np.zeros(n, bool)
+        linked[hi_[lh]] = True
+        bi, bk = bridge_occluders(nb.right, r, linked, az_step, col, n_cols, p)
+        ei.append(bi)
+        ej.append(bk)
+    e0, e1 = np.concatenate(ei), np.concatenate(ej)
+    graph = coo_matrix((np.ones(len(e0), np.int8), (e0, e1)), shape=(n, n))
+    seg = connected_components(graph, directed=False)[1].astype(np.int64)
+    if p.stack_gap_m > 0:
+        low, high = idx[nb.up2 >= 0], nb.up2[nb.up2 >= 0]
+        seg = merge_stacked(seg, xyz, rho, col, n_cols, low, high, v_spacing, p)
+    size = np.bincount(seg)
+    return _compact(np.where(size[seg] >= p.min_points, seg, -1))
+
+
 def _compact(seg: np.ndarray) -> np.ndarray:
     """Renumber segment ids 0..k-1 (in order of first appearance of the sorted ids), keeping -1."""
     out = np.full(len(seg), -1, np.int32)
@@ -269,14 +593,19 @@ def _compact(seg: np.ndarray) -> np.ndarray:
     return out
 
 
-def _hdbscan_points(xyz: np.ndarray, p: HdbscanParams, threads: int = 1) -> np.ndarray:
+def _hdbscan_points(xyz: np.ndarray, p: HdbscanParams, threads: int = 1, scan: ScanResolution | None = None) -> np.ndarray:
     return hdbscan_labels(xyz, p, threads)
 
 
-#: ``presegment.fast.cluster`` -> (function(xyz (M, 3), params, threads) -> (M,) int32, params attribute).
+def _voxel_hdbscan(xyz: np.ndarray, p: VoxelHdbscanParams, threads: int = 1, scan: ScanResolution | None = None) -> np.ndarray:
+    return voxel_hdbscan(xyz, p, threads)
+
+
+#: ``presegment.fast.cluster`` -> (function(xyz (M, 3), params, threads, scan=) -> (M,) int32, params attribute).
 CLUSTERERS: dict[str, tuple[Callable[..., np.ndarray], str]] = {
+    "range_image": (range_image_segments, "range_image"),
     "range_components": (range_components, "range_components"),
-    "voxel_hdbscan": (voxel_hdbscan, "voxel_hdbscan"),
+    "voxel_hdbscan": (_voxel_hdbscan, "voxel_hdbscan"),
     "hdbscan": (_hdbscan_points, "hdbscan"),
 }
 
@@ -292,20 +621,26 @@ def _with_segments(ground: np.ndarray, cell: np.ndarray, xyz: np.ndarray,
     return Presegmentation(ground, seg, cell.astype(np.int32))
 
 
-def iupc_presegment(xyz: np.ndarray, sweeps: list[np.ndarray], p: PresegmentParams, threads: int = 1) -> Presegmentation:
-    """IUPC's pre-segmentation of (N, 3) keyframe points; ``sweeps`` (M_i, 3) in the keyframe lidar frame."""
+def iupc_presegment(xyz: np.ndarray, sweeps: list[np.ndarray], p: PresegmentParams, threads: int = 1,
+                    scan: ScanResolution | None = None) -> Presegmentation:
+    """IUPC's pre-segmentation of (N, 3) keyframe points; ``sweeps`` (M_i, 3) in the keyframe lidar frame.
+    IUPC's constants are in metres: ``scan`` is not used."""
     ground, cell = iupc_ground(xyz, sweeps, p.iupc.ground, seed=p.seed)
     return _with_segments(ground, cell, xyz, lambda pts: hdbscan_labels(pts, p.iupc.hdbscan, threads))
 
 
-def fast_presegment(xyz: np.ndarray, sweeps: list[np.ndarray], p: PresegmentParams, threads: int = 1) -> Presegmentation:
-    """lidarlift's default: ring-by-ring cell-plane ground, then ``fast.cluster`` (range-adaptive components)."""
+def fast_presegment(xyz: np.ndarray, sweeps: list[np.ndarray], p: PresegmentParams, threads: int = 1,
+                    scan: ScanResolution | None = None) -> Presegmentation:
+    """lidarlift's default: ring-by-ring cell-plane ground, then ``fast.cluster`` (range-adaptive components).
+    ``scan``: the keyframe's angular resolution (None: ``beam_spacing_deg``, else measured from ``xyz``)."""
+    if scan is None:
+        scan = resolve_resolution(xyz, None, p.beam_spacing_deg)
     ground, cell = cell_plane_ground(xyz, sweeps, p.fast.ground)
     fn, attr = CLUSTERERS[p.fast.cluster]
-    return _with_segments(ground, cell, xyz, lambda pts: fn(pts, getattr(p.fast, attr), threads))
+    return _with_segments(ground, cell, xyz, lambda pts: fn(pts, getattr(p.fast, attr), threads, scan=scan))
 
 
-#: ``presegment.method`` -> function(xyz (N, 3), sweeps [(M_i, 3)], params, threads) -> Presegmentation.
+#: ``presegment.method`` -> function(xyz (N, 3), sweeps [(M_i, 3)], params, threads, scan=) -> Presegmentation.
 METHODS: dict[str, Callable[..., Presegmentation]] = {
     "iupc": iupc_presegment,
     "fast": fast_presegment,
@@ -313,117 +648,20 @@ METHODS: dict[str, Callable[..., Presegmentation]] = {
 
 
 def presegment(xyz: np.ndarray, sweeps: list[np.ndarray] | None = None, params: PresegmentParams | dict | None = None,
-               method: str | None = None, threads: int = 1) -> Presegmentation:
-    """Pre-segment one keyframe: (N, 3) points (keyframe lidar frame) and earlier sweeps (in that frame)."""
+               method: str | None = None, threads: int = 1, scan: ScanResolution | None = None) -> Presegmentation:
+    """Pre-segment one keyframe: (N, 3) points (keyframe lidar frame) and earlier sweeps (in that frame).
+    ``scan``: the keyframe's angular resolution (:func:`lidarlift.scan.measure_scan`, with its ring ids
+    where the file has them); None: ``beam_spacing_deg`` when set, else measured from ``xyz``."""
     p = params if isinstance(params, PresegmentParams) else PresegmentParams.from_config(params)
     xyz = np.asarray(xyz)
     if xyz.ndim != 2 or xyz.shape[1] < 3:
         raise ValueError(f"presegment needs (N, 3) points, got shape {xyz.shape}")
     if not np.isfinite(xyz[:, :3]).all():
         raise ValueError("presegment: points with NaN or infinite coordinates")
-    return METHODS[method or p.method](xyz[:, :3], list(sweeps or []), p, threads)
+    return METHODS[method or p.method](xyz[:, :3], list(sweeps or []), p, threads, scan=scan)
 
 
 # ------------------------------------------------------------------------------------------ metrics
-
-def flat_class_ids(space: str) -> np.ndarray:
-    """1-based ids of the flat (ground) classes of a label space."""
-    from lidarlift.classes import label_space
-
-    ls = label_space(space)
-    return np.array([ls.index(n) for n in FLAT_CLASSES[space]], np.int64)
-
-
-def presegment_counts(result: Presegmentation, label: np.ndarray, instance: np.ndarray, space: str = "nuscenes16",
-                      split_min_points: int = 10, split_min_share: float = 0.1) -> dict[str, int]:
-    """Counts of one keyframe against truth ``label`` (N,) 1..K (0 ignore) and ``instance`` (N,) keys.
-
-    See the module docstring for the definitions; ratios are taken after summing over keyframes.
-    """
-    from lidarlift.classes import label_space
-
-    label = np.asarray(label, np.int64)
-    instance = np.asarray(instance, np.int64)
-    if len(label) != len(result.ground):
-        raise ValueError(f"truth has {len(label)} points, the pre-segmentation {len(result.ground)}")
-    valid = label > 0
-    g, seg = result.ground[valid], result.segment_id[valid]
-    lab, inst = label[valid], instance[valid]
-    true_ground = np.isin(lab, flat_class_ids(space))
-    out = {
-        "points": int(valid.sum()),
-        "ground_tp": int((g & true_ground).sum()),
-        "ground_fp": int((g & ~true_ground).sum()),
-        "ground_fn": int((~g & true_ground).sum()),
-        "nonground_points": int((~g).sum()),
-        "noise_points": int((~g & (seg < 0)).sum()),
-    }
-    key = np.where(inst > 0, inst, lab)
-    in_seg = ~g & (seg >= 0)
-    s, k = seg[in_seg].astype(np.int64), key[in_seg]
-    out["segmented_points"] = int(in_seg.sum())
-    out["segments"] = int(len(np.unique(s)))
-    if s.size:
-        _, k_idx = np.unique(k, return_inverse=True)
-        n_k = int(k_idx.max()) + 1
-        pair, cnt = np.unique(s * n_k + k_idx, return_counts=True)
-        best = np.zeros(int(s.max()) + 1, np.int64)
-        np.maximum.at(best, pair // n_k, cnt)
-        out["pure_points"] = int(best.sum())
-    else:
-        out["pure_points"] = 0
-    # split instances
-    things = label_space(space).thing_mask
-    is_thing = (inst > 0) & things[np.clip(lab, 0, len(things) - 1)]
-    ids, total = np.unique(inst[is_thing], return_counts=True)
-    eligible = ids[total >= split_min_points]
-    split = lost = 0
-    for i in eligible:
-        mine = (inst == i) & in_seg
-        n = int(mine.sum())
-        if n == 0:
-            lost += 1
-            continue
-        _, c = np.unique(seg[mine], return_counts=True)
-        split += int((c >= split_min_share * n).sum() >= 2)
-    out.update(instances=int(len(eligible)), instances_split=split, instances_lost=lost)
-    return out
-
-
-_COUNT_KEYS = ("points", "ground_tp", "ground_fp", "ground_fn", "nonground_points", "noise_points",
-               "segmented_points", "segments", "pure_points", "instances", "instances_split", "instances_lost",
-               "sweeps", "input_points", "seconds", "cpu_seconds", "read_seconds", "sweeps_with_truth")
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return float(a) / b if b else None
-
-
-def figures(c: dict[str, Any]) -> dict[str, Any]:
-    """Summary figures from summed counts."""
-    return {
-        "ground_precision": _ratio(c.get("ground_tp", 0), c.get("ground_tp", 0) + c.get("ground_fp", 0)),
-        "ground_recall": _ratio(c.get("ground_tp", 0), c.get("ground_tp", 0) + c.get("ground_fn", 0)),
-        "segment_purity": _ratio(c.get("pure_points", 0), c.get("segmented_points", 0)),
-        "split_instance_share": _ratio(c.get("instances_split", 0), c.get("instances", 0)),
-        "lost_instance_share": _ratio(c.get("instances_lost", 0), c.get("instances", 0)),
-        "noise_share": _ratio(c.get("noise_points", 0), c.get("nonground_points", 0)),
-        "segments_per_sweep": _ratio(c.get("segments", 0), c.get("sweeps_with_truth", 0)),
-        "seconds_per_sweep": _ratio(c.get("seconds", 0.0), c.get("sweeps", 0)),
-        "cpu_seconds_per_sweep": _ratio(c.get("cpu_seconds", 0.0), c.get("sweeps", 0)),
-        "read_seconds_per_sweep": _ratio(c.get("read_seconds", 0.0), c.get("sweeps", 0)),
-        "points_per_sweep": _ratio(c.get("input_points", 0), c.get("sweeps", 0)),
-    }
-
-
-def _zero_counts() -> dict[str, Any]:
-    return {k: (0.0 if "seconds" in k else 0) for k in _COUNT_KEYS}
-
-
-def _add(acc: dict[str, Any], c: dict[str, Any]) -> None:
-    for k, v in c.items():
-        acc[k] = acc.get(k, 0) + v
-
 
 # ------------------------------------------------------------------------------------------ stage
 
@@ -464,9 +702,12 @@ def read_sweeps(manifest: Manifest, sample: SampleRecord, n: int, policy: str = 
     return out
 
 
-def run_shard(manifest_path: str, shard: str, store_path: str, metrics_path: str,
-              params: dict[str, Any] | None = None, bad_sample_policy: str = "error", threads: int = 1) -> dict[str, Any]:
-    """Pre-segment every keyframe of ``shard``: writes the store (the configured method) and the metrics.
+def run_shard(manifest_path: str, shard: str, store_path: str, stats_path: str | None,
+              params: dict[str, Any] | None = None, bad_sample_policy: str = "error", threads: int = 1,
+              method: str | None = None) -> dict[str, Any]:
+    """Pre-segment every keyframe of ``shard`` with the configured method (or ``method``, e.g. the IUPC
+    baseline's rule): writes the store and the stats (no ground truth: :mod:`lidarlift.evaluate.presegment`
+    scores the store).
 
     ``bad_sample_policy``: 'error' raises the reader's DatasetError naming sample and file; 'skip' gives a
     keyframe whose own sweep is bad no rows in the store (as every stage does for a skipped keyframe) and
@@ -474,23 +715,23 @@ def run_shard(manifest_path: str, shard: str, store_path: str, metrics_path: str
     ``skipped``. Seconds are the method's compute on ``threads`` cores (wall and CPU); reading the files and
     moving the earlier sweeps into the keyframe frame are counted apart (``read_seconds``).
     """
-    from lidarlift.groundtruth import point_truth
-
     if bad_sample_policy not in ("error", "skip"):
         raise ValueError(f"config key dataset.bad_sample_policy: expected 'error' or 'skip', got {bad_sample_policy!r}")
     p = PresegmentParams.from_config(params)
+    m = method or p.method
+    if m not in METHODS:
+        raise ValueError(f"presegment: unknown method {m!r}; choose one of {sorted(METHODS)}")
     manifest = Manifest.from_json(manifest_path)
     samples = manifest.shard_samples(shard)
-    runs = [p.method] + (["iupc"] if p.compare_baseline and p.method != "iupc" else [])
-    _warm_up(runs)
-    counts = {m: _zero_counts() for m in runs}
+    _warm_up([m])
+    stats: dict[str, Any] = {"sweeps": 0, "input_points": 0, "seconds": 0.0, "cpu_seconds": 0.0, "read_seconds": 0.0}
     results: list[Presegmentation] = []
     skipped: list[dict[str, str]] = []
     for sample in samples:
         path = manifest.resolve(sample.lidar.path)
         t0 = time.perf_counter()
         try:
-            pts = read_lidar(path, sample.lidar.fmt, sample.token)
+            pts, scan = read_sweep(path, sample.lidar.fmt, sample.token, p.beam_spacing_deg, measure=m != "iupc")
         except DatasetError as e:
             if bad_sample_policy == "error":
                 raise
@@ -499,60 +740,29 @@ def run_shard(manifest_path: str, shard: str, store_path: str, metrics_path: str
             results.append(Presegmentation.empty())
             continue
         read_key = time.perf_counter() - t0
-        sweeps = read_sweeps(manifest, sample, max(p.sweeps_for(m) for m in runs), bad_sample_policy, skipped)
-        truth = point_truth(manifest, sample)
-        if truth is not None and len(truth.label) != len(pts):
-            raise DatasetError(f"sample {sample.token}: truth has {len(truth.label)} points, lidar file {path} has {len(pts)}")
+        sweeps = read_sweeps(manifest, sample, p.sweeps_for(m), bad_sample_policy, skipped)
         xyz = pts[:, :3]
-        for m in runs:
-            mine = sweeps[:p.sweeps_for(m)]
-            t0, c0 = time.perf_counter(), time.process_time()
-            res = METHODS[m](xyz, [s for s, _ in mine], p, threads)
-            dt, dc = time.perf_counter() - t0, time.process_time() - c0
-            c: dict[str, Any] = {"sweeps": 1, "input_points": len(xyz), "seconds": dt, "cpu_seconds": dc,
-                                 "read_seconds": read_key + sum(t for _, t in mine)}
-            if truth is not None:
-                c.update(presegment_counts(res, truth.label, truth.instance, manifest.label_space,
-                                           p.split_min_points, p.split_min_share))
-                c["sweeps_with_truth"] = 1
-            _add(counts[m], c)
-            if m == p.method:
-                results.append(res)
-            log.info("sample %s %s: %d points, %.3f s, %d ground, %d segments", sample.token, m, len(xyz), dt,
-                     int(res.ground.sum()), int(res.segment_id.max()) + 1)
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = METHODS[m](xyz, [sw for sw, _ in sweeps], p, threads, scan=scan)
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        for k, v in (("sweeps", 1), ("input_points", len(xyz)), ("seconds", dt), ("cpu_seconds", dc),
+                     ("read_seconds", read_key + sum(t for _, t in sweeps))):
+            stats[k] += v
+        results.append(res)
+        log.info("sample %s %s: %d points, %.3f s, %d ground, %d segments", sample.token, m, len(xyz), dt,
+                 int(res.ground.sum()), int(res.segment_id.max()) + 1)
     offsets = A.offsets_from_counts([len(r.ground) for r in results])
     with A.write_store(store_path, "presegment", shard=shard, sample_tokens=[s.token for s in samples],
-                       params=_plain(params or {}), method=p.method) as g:
+                       params=_plain(params or {}), method=m) as g:
         A.put(g, "point_offsets", offsets)
         A.put(g, "ground", np.concatenate([r.ground for r in results]))
         A.put(g, "segment_id", np.concatenate([r.segment_id for r in results]))
         A.put(g, "ground_cell", np.concatenate([r.ground_cell for r in results]))
-    metrics: dict[str, Any] = {"shard": shard, "method": p.method, "label_space": manifest.label_space,
-                               **counts[p.method], "skipped": skipped}
-    if p.compare_baseline:
-        metrics["baseline"] = {"method": "iupc", **counts["iupc"]}
-    write_json(metrics_path, metrics)
-    log.info("shard %s: %s", shard, summarize([metrics]))
-    return metrics
-
-
-def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summary key ``presegment``: ground_precision, ground_recall, segment_purity, split_instance_share,
-    seconds_per_sweep (counts summed over shards first), and the same under ``baseline``."""
-    acc = _zero_counts()
-    base = _zero_counts()
-    has_base = False
-    for m in metrics:
-        _add(acc, {k: m.get(k, 0) for k in _COUNT_KEYS})
-        if "baseline" in m:
-            has_base = True
-            _add(base, {k: m["baseline"].get(k, 0) for k in _COUNT_KEYS})
-    methods = sorted({m.get("method") for m in metrics if m.get("method")})
-    out: dict[str, Any] = {**figures(acc), "sweeps": acc["sweeps"],
-                           "method": methods[0] if len(methods) == 1 else methods,
-                           "skipped": [s for m in metrics for s in m.get("skipped", [])]}
-    out["baseline"] = {**figures(base), "sweeps": base["sweeps"], "method": "iupc"} if has_base else None
-    return out
+    stats = {"shard": shard, "method": m, **stats, "skipped": skipped}
+    if stats_path is not None:
+        write_json(stats_path, stats)
+    log.info("shard %s: %d sweeps, %.3f s per sweep", shard, stats["sweeps"], stats["seconds"] / max(1, stats["sweeps"]))
+    return stats
 
 
 def _plain(d: Any) -> Any:

@@ -11,6 +11,7 @@ from lidarlift.classes import (
     CHALLENGE_CLASSES, FINE_CLASSES, FINE_TO_CHALLENGE, NUSCENES16, candidate_bit, candidates_to_sets, label_space,
 )
 from lidarlift.datasets import DatasetError, read_lidar
+from lidarlift.datasets.readers import read_lidar_with_ring
 from lidarlift.datasets.nuscenes import check_dataroot
 from lidarlift.geometry import (
     GeometryError, check_intrinsic, check_rigid, invert, lidar_to_cam, make_transform, matrix_to_quaternion,
@@ -136,6 +137,59 @@ def test_read_lidar_rejects_bad_files(tmp_path):
         read_lidar(p, sample="tok")
     with pytest.raises(DatasetError, match="does not exist"):
         read_lidar(tmp_path / "missing.bin", sample="tok")
+
+
+def _sweep_rows(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 5) float32 rows like a nuScenes sweep: a ring of returns around the sensor, ground below it
+    (negative z), intensity 0..255 and integer ring ids 0..31."""
+    rng = np.random.default_rng(seed)
+    a, r = rng.uniform(-np.pi, np.pi, n), rng.uniform(3, 60, n)
+    return np.column_stack([r * np.cos(a), r * np.sin(a), rng.uniform(-1.9, 2.0, n), rng.integers(0, 256, n),
+                            rng.integers(0, 32, n)]).astype(np.float32)
+
+
+def test_a_truncated_sweep_is_caught_by_its_byte_size(tmp_path):
+    """A 1001-byte .pcd.bin holds 250 floats = 50 whole rows of 5 plus one stray byte: it is truncated,
+    not 50 points; the error names the sample, the file and the row size it expected."""
+    p = tmp_path / "cut.pcd.bin"
+    p.write_bytes(_sweep_rows(60).tobytes()[:1001])
+    with pytest.raises(DatasetError, match=r"sample tok: lidar file .*cut\.pcd\.bin is truncated .*1001 bytes .*5 columns x 4 bytes = 20"):
+        read_lidar(p, "nuscenes", sample="tok")
+    p.write_bytes(_sweep_rows(60)[:, :4].tobytes()[:-4])  # a KITTI .bin one float short
+    with pytest.raises(DatasetError, match="truncated .* 4 columns x 4 bytes = 16"):
+        read_lidar(p, "kitti", sample="tok")
+
+
+def test_a_sweep_read_with_the_wrong_column_count_is_named(tmp_path):
+    """nuScenes rows (x, y, z, intensity, ring) read as KITTI (x, y, z, reflectance) shift the columns:
+    the ground's negative z lands in the reflectance column and intensities up to 255 become
+    coordinates; KITTI rows read as nuScenes put coordinates in the ring column. 400 rows make files
+    whose sizes fit both layouts, so only the values can tell; the error names the file and the layout."""
+    rows = _sweep_rows(400)
+    nus = tmp_path / "sweep.pcd.bin"
+    rows.tofile(nus)
+    assert read_lidar(nus, "nuscenes").shape == (400, 4)
+    as_kitti = np.fromfile(nus, np.float32).reshape(-1, 4)
+    assert np.abs(as_kitti[:, :3]).max() > 60  # read silently before: an intensity taken for a coordinate
+    with pytest.raises(DatasetError, match=r"sample s: lidar file .*sweep\.pcd\.bin: .* negative .* not a KITTI \.bin .* nuScenes"):
+        read_lidar(nus, "kitti", sample="s")
+    kitti = tmp_path / "000000.bin"
+    rows[:, :4].tofile(kitti)
+    assert read_lidar(kitti, "kitti").shape == (400, 4)
+    with pytest.raises(DatasetError, match=r"lidar file .*000000\.bin: .* not a nuScenes \.pcd\.bin .* KITTI"):
+        read_lidar(kitti, "nuscenes", sample="s")
+    timed = rows.copy()
+    timed[:, 4] = np.linspace(0.0, 0.05, 400)  # a 5th column of per-point times, not ring ids
+    timed.tofile(tmp_path / "timed.pcd.bin")
+    with pytest.raises(DatasetError, match=r"rows have a ring id that is not an integer in 0\.\.1023 \(first 0\.000125"):
+        read_lidar(tmp_path / "timed.pcd.bin", "nuscenes", sample="s")
+    pts, ring = read_lidar_with_ring(nus, "nuscenes")
+    assert np.array_equal(ring, rows[:, 4].astype(np.int64)) and read_lidar_with_ring(kitti, "kitti")[1] is None
+    far = rows.copy()
+    far[7, 0] = 5000.0  # no LiDAR returns from 5 km
+    far.tofile(nus)
+    with pytest.raises(DatasetError, match=r"sweep\.pcd\.bin: 1 of 400 rows have a coordinate beyond 1000 m \(first row 7"):
+        read_lidar(nus, "nuscenes", sample="s")
 
 
 def test_not_a_nuscenes_dataroot_names_what_is_missing(tmp_path):

@@ -75,3 +75,23 @@ def test_bad_calibration_is_named(kitti_world, tmp_path):
         read_calib(calib)
     with pytest.raises(DatasetError, match="no 'sequences/' folder"):
         build_manifest({"dataroot": str(tmp_path), "format": "semantickitti"})
+
+
+def test_the_layout_uses_the_hdl64e_and_its_ringless_scans_measure_their_beams(kitti_world):
+    """A synthetic world in the SemanticKITTI layout is scanned by the 64-beam preset unless a sensor is
+    named; KITTI .bin files have no ring column, so the stages measure the beam spacing from the
+    elevation histogram: here the tiny world's 32 beams, 1.33 deg apart."""
+    from lidarlift.datasets.readers import read_lidar_with_ring
+    from lidarlift.scan import read_sweep
+    from lidarlift.synth.cli import layout_params
+
+    assert layout_params({"seed": 1}, "semantickitti")["sensor"] == "kitti64"
+    assert layout_params({"sensor": "auto"}, "nuscenes")["sensor"] == "nuscenes32"
+    assert layout_params({"sensor": "os128"}, "semantickitti")["sensor"] == "os128"
+    _, out, _ = kitti_world
+    kitti = build_manifest({"dataroot": str(out), "format": "semantickitti", "label_space": "semantickitti19"})
+    s = kitti.samples[0]
+    pts, ring = read_lidar_with_ring(kitti.resolve(s.lidar.path), s.lidar.fmt, s.token)
+    assert ring is None
+    _, res = read_sweep(kitti.resolve(s.lidar.path), s.lidar.fmt, s.token)
+    assert res.source == "histogram" and abs(np.degrees(res.median_vertical_spacing) - 41.34 / 31) < 0.03

@@ -337,6 +337,8 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path):
     (dict(image_width=0), "image_width"),
     (dict(scenes=11), "scenes"),
     (dict(version="v2.0"), "version"),
+    (dict(sensor="hdl16"), "sensor"),
+    (dict(azimuth_steps=0), "azimuth_steps"),
 ])
 def test_invalid_params_raise_valueerror_naming_the_parameter(tmp_path, params, name):
     with pytest.raises(ValueError, match=name):
@@ -347,3 +349,181 @@ def test_invalid_params_raise_valueerror_naming_the_parameter(tmp_path, params, 
 def test_cli_reports_bad_input(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--beams", "-3"]) == 2
     assert "beams" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# LiDAR presets (synth.sensor)
+# --------------------------------------------------------------------------------------------------
+
+#: Points per keyframe of the real sensors in a street (nuScenes LIDAR_TOP; SemanticKITTI's HDL-64E).
+REAL_POINTS = {"nuscenes32": 34000, "kitti64": 120000}
+
+
+@pytest.mark.parametrize("sensor", ["nuscenes32", "kitti64", "os128"])
+def test_lidar_presets_fire_like_the_real_sensors(sensor):
+    """Each preset's beams, rotation and firing pattern are the real sensor's, and a keyframe of a
+    synthetic street holds the real sensor's point count within 10% (the 128-beam preset fires exactly
+    the OS1-128's 128 x 1024 pattern, so it returns what that sensor would)."""
+    from lidarlift.scan import local_spacing
+    from lidarlift.synth.sensors import SceneCaster, cast_sweep, lidar_calib
+    from lidarlift.synth.world import WorldParams, build_scene
+
+    p = WorldParams(sensor=sensor).validate()
+    spec = p.lidar
+    gaps = np.degrees(local_spacing(np.radians(spec.elevations_deg)))
+    rate = round(1 / spec.period_s)
+    if sensor == "nuscenes32":
+        assert spec.beams == 32 and np.allclose(gaps, 1.333, atol=0.01) and rate == 20
+        assert spec.elevations_deg[0] == -30.67 and spec.elevations_deg[-1] == 10.67
+    elif sensor == "kitti64":  # HDL-64E: +2 to -24.8 deg, 1/3 deg upper block, ~1/2 deg lower block
+        assert spec.beams == 64 and rate == 10 and (spec.elevations_deg[-1], spec.elevations_deg[0]) == (2.0, -24.8)
+        assert np.allclose(gaps[40:], 1 / 3, atol=1e-6) and np.allclose(gaps[:30], 16 / 31, atol=1e-6)
+    else:
+        assert spec.beams == 128 and spec.azimuth_steps == 1024 and rate == 10 and np.allclose(gaps, 45 / 127)
+    # 0.5 s keyframes at any rotation rate; the same scene duration (the same streets for one seed)
+    assert p.keyframe_sweeps * spec.period_s == pytest.approx(0.5) and p.lead_sweeps == p.keyframe_sweeps - 1
+    assert p.scene_duration == pytest.approx(WorldParams().scene_duration)
+    counts = []
+    for index in (0, 1):
+        caster = SceneCaster(build_scene(p, index))
+        sweep = cast_sweep(caster, p, 0.55, np.random.default_rng(index), lidar_calib())
+        counts.append(len(sweep.points))
+        ring = sweep.points[:, 4]
+        assert ring.min() >= 0 and ring.max() <= spec.beams - 1 and np.array_equal(ring, np.round(ring))
+    if sensor in REAL_POINTS:
+        assert abs(np.mean(counts) / REAL_POINTS[sensor] - 1) < 0.1
+    else:
+        assert 0.5 * 128 * 1024 < np.mean(counts) < 128 * 1024
+
+
+def test_preset_overrides_and_the_world_record(tmp_path):
+    """``beams`` spreads that many beams over the preset's range; world.json records the LiDAR used."""
+    from lidarlift.synth.world import WorldParams
+
+    p = WorldParams(sensor="kitti64", beams=16, azimuth_steps=300).validate()
+    assert p.lidar.beams == 16 and p.lidar.elevations_deg[0] == -24.8 and p.lidar.azimuth_steps == 300
+    assert WorldParams(sensor="auto").validate().lidar.name == "nuscenes32"  # generate() writes the nuScenes layout
+    generate(tmp_path, seed=2, scenes=1, samples_per_scene=1, image_width=32, image_height=18, sensor="os128",
+             beams=8, azimuth_steps=200)
+    world = json.loads((tmp_path / "lidarlift_gt" / "v1.0-mini" / "world.json").read_text())
+    assert world["params"]["sensor"] == "os128" and world["lidar"]["name"] == "os128"
+    assert len(world["lidar"]["elevations_deg"]) == 8 and world["lidar"]["period_s"] == 0.1
+    assert world["lidar"]["sweeps_per_keyframe"] == 5 and world["totals"]["sweeps"] == 5
+
+
+# --------------------------------------------------------------------------------------------------
+# The dataroot: data the generator did not write is never touched (issue 14)
+# --------------------------------------------------------------------------------------------------
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """{relative path: bytes} of every file under root (symlinks and folders by their paths)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(root.rglob("*"))}
+
+
+def _fake_nuscenes(root: Path) -> None:
+    """A dataset tree a user might point dataset.dataroot at: the nuScenes layout, none of it lidarlift's."""
+    for rel, data in {"v1.0-mini/scene.json": b'[{"name": "scene-0061"}]', "samples/CAM_FRONT/a.jpg": b"\xff\xd8jpeg",
+                      "sweeps/LIDAR_TOP/b.pcd.bin": b"\x00" * 40, "lidarseg/v1.0-mini/c_lidarseg.bin": b"\x01\x02",
+                      "panoptic/v1.0-mini/c_panoptic.npz": b"PK", "maps/m.png": b"\x89PNG", "LICENSE": b"CC BY-NC-SA"}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def test_a_dataset_under_dataroot_survives_and_the_run_names_the_path_and_dataset_kind(tmp_path, capsys):
+    """A nuScenes copy under dataroot (dataset.kind left at synthetic): generate() and the CLI stop with an
+    error naming the folder and `dataset.kind: existing`, and every file is still there, byte for byte,
+    with nothing added (no marker, no staging folder)."""
+    from lidarlift.synth.dataroot import ForeignDatarootError
+    from lidarlift.synth.kitti_writer import write_semantickitti
+
+    root = tmp_path / "nuscenes"
+    _fake_nuscenes(root)
+    before = _tree(root)
+    with pytest.raises(ForeignDatarootError, match="dataset.kind: existing") as err:
+        generate(root, seed=3, **MICRO)
+    assert str(root) in str(err.value)
+    assert main(["--out", str(root), "--scenes", "1", "--samples-per-scene", "1"]) == 2
+    assert "dataset.kind: existing" in capsys.readouterr().err
+    with pytest.raises(ForeignDatarootError, match="dataset.kind: existing"):  # the SemanticKITTI layout writer too
+        write_semantickitti(None, root)
+    assert _tree(root) == before
+
+
+def test_the_generator_regenerates_only_its_own_world_complete_or_not_at_all(tmp_path, monkeypatch):
+    """An absent dataroot is created; a world the generator wrote (its marker) is regenerated, the synth
+    rule's done-file beside it kept; a failure half-way leaves the previous world as it was; a file
+    someone added to the world makes the next run refuse and keeps that file; a world from before the
+    marker (lidarlift_gt/ beside the generator's own folders) is recognised."""
+    from lidarlift.synth import cli
+    from lidarlift.synth.dataroot import MARKER, ForeignDatarootError
+
+    root = tmp_path / "world"
+    generate(root, seed=3, **MICRO)
+    marker = json.loads((root / MARKER).read_text())
+    assert marker["state"] == "complete" and marker["generator"] == "lidarlift.synth"
+    assert sorted(marker["entries"]) == sorted(p.name for p in root.iterdir() if p.name != MARKER)
+    assert {"v1.0-mini", "samples", "sweeps", "lidarlift_gt"} <= set(marker["entries"])
+
+    (root / ".lidarlift_world_done").write_text("done\n")  # what the synth rule writes after generate()
+    generate(root, seed=4, **MICRO)
+    generate(tmp_path / "fresh", seed=4, **MICRO)
+    assert _digest(root) != _digest(tmp_path / "fresh")  # only by the done-file
+    (root / ".lidarlift_world_done").unlink()
+    assert _digest(root) == _digest(tmp_path / "fresh")
+    before = _tree(root)
+
+    def broken_scene(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(cli, "_generate_scene", broken_scene)
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(root, seed=5, **MICRO)
+    assert _tree(root) == before  # the seed-4 world, whole; no staging or trash left
+    with pytest.raises(RuntimeError, match="disk full"):
+        generate(tmp_path / "never", seed=5, **MICRO)
+    assert not any((tmp_path / "never").iterdir())  # absent: not even a marker
+    monkeypatch.undo()
+
+    generate(root, seed=3, version="v1.0-trainval", **MICRO)  # the old v1.0-mini tables were the generator's
+    assert (root / "v1.0-trainval" / "scene.json").exists() and not (root / "v1.0-mini").exists()
+
+    for extra in (root / "notes.txt", root / "samples" / "CAM_FRONT" / "mine.jpg"):  # beside or inside the world
+        extra.write_text("keep me")
+        with pytest.raises(ForeignDatarootError, match=extra.relative_to(root).parts[0]):
+            generate(root, seed=3, **MICRO)
+        assert extra.read_text() == "keep me"
+        extra.unlink()
+
+    (root / MARKER).unlink()  # a world from before the marker
+    generate(root, seed=3, **MICRO)
+    assert json.loads((root / MARKER).read_text())["state"] == "complete"
+
+
+def test_a_workflow_run_on_a_dataset_with_dataset_kind_left_synthetic_fails_and_keeps_it(tmp_path):
+    """The whole workflow, dataset.dataroot pointed at a nuScenes copy and dataset.kind left at its
+    default (synthetic): the synth job fails with the error naming the folder and `dataset.kind:
+    existing`, and the copy is intact."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    wd = tmp_path / "run"
+    wd.mkdir()
+    for name in ("Snakefile", "rules", "workflow", "config", "envs", "profiles", "report"):
+        src = repo / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, wd / name)
+    root = tmp_path / "nuscenes"
+    _fake_nuscenes(root)
+    before = _tree(root)
+    layer = yaml.safe_load((repo / "tests" / "data" / "tiny_config.yaml").read_text())
+    layer["dataset"] = {"dataroot": str(root)}
+    (wd / "tiny.yaml").write_text(yaml.safe_dump(layer))
+    proc = subprocess.run([str(Path(sys.executable).parent / "snakemake"), f"{root}/.lidarlift_world_done", "--cores", "1",
+                           "--configfile", "tiny.yaml"], cwd=wd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    log = (wd / "results" / "logs" / "synth.log").read_text()
+    assert "dataset.kind: existing" in log and str(root) in log, log[-2000:]
+    assert _tree(root) == before

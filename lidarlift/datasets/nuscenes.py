@@ -82,11 +82,28 @@ def _walk(nusc, sd: dict, direction: str, n: int) -> list[LidarFrame]:
     return out
 
 
+#: At most this many sweeps are listed between two keyframes (nuScenes has 9-11 at 20 Hz between its
+#: 2 Hz keyframes; more means a gap in the keyframes, and the sweeps beyond are left out).
+MAX_INTERMEDIATE_SWEEPS = 30
+
+
+def _intermediate(nusc, sd: dict) -> list[LidarFrame]:
+    """The sweeps between the previous keyframe and keyframe ``sd`` (exclusive), nearest first."""
+    out = []
+    while sd["prev"] and len(out) < MAX_INTERMEDIATE_SWEEPS:
+        sd = nusc.get("sample_data", sd["prev"])
+        if sd["is_key_frame"]:
+            break
+        out.append(_lidar_frame(nusc, sd))
+    return out
+
+
 def build_manifest(cfg: dict[str, Any]) -> Manifest:
     """Manifest of every keyframe of ``cfg['dataroot']`` / ``cfg['version']``, one shard per scene.
 
     Config keys: dataroot, version, sweeps_prev (default 5), sweeps_next (default 1), scenes (optional
-    list of scene names to keep), label_space.
+    list of scene names to keep), label_space. Every keyframe also lists its ``intermediate_sweeps``: all
+    sweeps back to the previous keyframe (at most :data:`MAX_INTERMEDIATE_SWEEPS`).
     """
     dataroot = Path(cfg["dataroot"])
     version = cfg.get("version", "v1.0-mini")
@@ -127,6 +144,7 @@ def build_manifest(cfg: dict[str, Any]) -> Manifest:
                 lidar=_lidar_frame(nusc, lidar_sd), cameras=cams,
                 prev_sweeps=_walk(nusc, lidar_sd, "prev", n_prev),
                 next_sweeps=_walk(nusc, lidar_sd, "next", n_next),
+                intermediate_sweeps=_intermediate(nusc, lidar_sd),
                 gt_lidarseg=nusc.get("lidarseg", lidar_sd["token"])["filename"] if has_lidarseg else None,
                 gt_panoptic=nusc.get("panoptic", lidar_sd["token"])["filename"] if has_panoptic else None,
                 gt_visibility=str(vis.relative_to(dataroot)) if vis.exists() else None,

@@ -54,6 +54,11 @@ TRAIN_TO_CHALLENGE = np.array(
 )
 
 
+#: LiDAR preset of a synthetic world written in this layout (``synth.sensor: auto``): SemanticKITTI's
+#: Velodyne HDL-64E (:data:`lidarlift.synth.sensors.LIDAR_PRESETS`).
+SYNTHETIC_SENSOR = "kitti64"
+
+
 def synthetic_sequence_names(n: int) -> list[str]:
     """Sequence names of an n-scene synthetic world in KITTI layout: train sequences with 08 (val) second."""
     order = ["00", "08", "01", "02", "03", "04", "05", "06", "07", "09", "10"]

@@ -14,41 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from lidarlift.shards import synthetic_scenes as scene_names  # the planner's list: one source
+from lidarlift.synth.dataroot import staged_world
 from lidarlift.synth.nuscenes_writer import NuScenesWriter
 from lidarlift.synth.sensors import (
     CAMERA_CHANNELS, LIDAR_CHANNEL, SceneCaster, camera_rig, camera_time_offsets, cast_sweep, lidar_calib,
     point_visibility, render_camera, rotation_to_quaternion,
 )
-from lidarlift.synth.world import SWEEP_PERIOD_S, WorldParams, build_scene, rot_z
-
-#: Official v1.0-mini scenes. The first N >= 2 contain both splits, and N >= 3 contain the whole
-#: mini_val split: the devkit's evaluators (get_samples_in_eval_set) look up *every* scene of the
-#: evaluated split, so LidarSegEval(..., "mini_val") needs scene-0103 and scene-0916 to exist.
-MINI_SCENE_ORDER = ("scene-0061", "scene-0103", "scene-0916", "scene-0553", "scene-0655", "scene-0757",
-                    "scene-0796", "scene-1077", "scene-1094", "scene-1100")
-MINI_VAL = frozenset({"scene-0103", "scene-0916"})
-
-#: Sub-paths of the output directory the generator owns (cleared before writing).
-OWNED = ("v1.0-mini", "v1.0-trainval", "samples", "sweeps", "lidarseg", "panoptic", "maps", "lidarlift_gt", ".synth_jobs")
-
-
-def scene_names(version: str, n: int) -> list[tuple[str, str]]:
-    """[(scene name, split)] for n scenes of ``version`` (official names, both splits for n >= 2)."""
-    if version == "v1.0-mini":
-        return [(s, "mini_val" if s in MINI_VAL else "mini_train") for s in MINI_SCENE_ORDER[:n]]
-    from nuscenes.utils.splits import create_splits_scenes
-
-    splits = create_splits_scenes(verbose=False)
-    train, val = list(splits["train"]), list(splits["val"])
-    out, ti, vi = [], 0, 0
-    for i in range(n):  # every 6th scene (starting with the 2nd) is a val scene
-        if i % 6 == 1 and vi < len(val):
-            out.append((val[vi], "val"))
-            vi += 1
-        else:
-            out.append((train[ti], "train"))
-            ti += 1
-    return out
+from lidarlift.synth.world import WorldParams, build_scene, rot_z
 
 
 def _logfile(index: int) -> tuple[str, str]:
@@ -70,7 +43,7 @@ def _scene_job(args: tuple) -> tuple[dict, dict]:
     t0 = time.perf_counter()
     writer = NuScenesWriter(root, p.version, p.seed)
     info = _generate_scene(writer, p, index, name, lidar_calib(), camera_rig(p.image_width, p.image_height),
-                           camera_time_offsets())
+                           camera_time_offsets(p.sweep_period))
     info.update(split=split, seconds=round(time.perf_counter() - t0, 2))
     return info, {t: writer.tables[t] for t in SCENE_TABLES}
 
@@ -134,14 +107,29 @@ def _scene_job_file(spec_path: str) -> int:
     return 0
 
 
+def layout_params(synth: dict, layout: str) -> dict:
+    """The ``synth`` config section for a world written in ``layout`` ('nuscenes' or 'semantickitti'):
+    ``sensor: auto`` (or no sensor) becomes the layout's own LiDAR -- nuScenes' ``nuscenes32``,
+    SemanticKITTI's ``kitti64`` (:data:`lidarlift.datasets.semantickitti.SYNTHETIC_SENSOR`)."""
+    from lidarlift.datasets.semantickitti import SYNTHETIC_SENSOR
+
+    out = dict(synth)
+    if out.get("sensor", "auto") == "auto":
+        out["sensor"] = SYNTHETIC_SENSOR if layout == "semantickitti" else "nuscenes32"
+    return out
+
+
 def generate(out_dir: str | Path, workers: int | None = None, **params) -> dict:
     """Generate a synthetic nuScenes-format world into ``out_dir`` (the dataroot).
 
     ``params`` are the fields of :class:`~lidarlift.synth.world.WorldParams` (seed, scenes,
-    samples_per_scene, image_width, image_height, beams, version, class_frequency, ...); invalid
-    values raise ValueError naming the parameter. Generator-owned sub-paths of ``out_dir`` are
-    replaced. ``workers``: scenes generated in parallel processes (default: the CPUs this process
-    may use, for >= 4 scenes, else 1); the output does not depend on it.
+    samples_per_scene, image_width, image_height, sensor -- the LiDAR preset, nuscenes32 | kitti64 |
+    os128 --, beams, version, class_frequency, ...); invalid values raise ValueError naming the parameter.
+    ``out_dir`` must be empty, absent or hold only a world the generator wrote (its marker, see
+    :mod:`lidarlift.synth.dataroot`), else :class:`~lidarlift.synth.dataroot.ForeignDatarootError` (a
+    ValueError naming the folder and ``dataset.kind: existing``) is raised and nothing is touched; the
+    new world replaces the old one only once it is complete. ``workers``: scenes generated in parallel
+    processes (default: the CPUs this process may use, for >= 4 scenes, else 1); the output does not depend on it.
     Returns {scenes, samples, sweeps, points, images, seconds, generation_seconds, bytes}.
     """
     unknown = set(params) - {f.name for f in dataclasses.fields(WorldParams)}
@@ -154,18 +142,25 @@ def generate(out_dir: str | Path, workers: int | None = None, **params) -> dict:
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"parameter 'workers' must be an integer >= 1, got {workers!r}")
     t_start = time.perf_counter()
+    scenes = scene_names(p.version, p.scenes)
+    with staged_world(out_dir) as root:  # refuses foreign data; the world appears complete or not at all
+        totals = _generate_world(root, p, scenes, workers, t_start)
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    for sub in OWNED:
-        if (root / sub).exists():
-            shutil.rmtree(root / sub)
+    totals["seconds"] = round(time.perf_counter() - t_start, 2)
+    totals["bytes"] = sum(f.stat().st_size for sub in totals.pop("entries") for f in [root / sub, *(root / sub).rglob("*")]
+                          if f.is_file())
+    return totals
+
+
+def _generate_world(root: Path, p: WorldParams, scenes: list[tuple[str, str]], workers: int, t_start: float) -> dict:
+    """Write the world into ``root`` (the staging folder); returns the totals and its top-level ``entries``."""
     writer = NuScenesWriter(root, p.version, p.seed)
     writer.add_sensor(LIDAR_CHANNEL, "lidar")
     for ch in CAMERA_CHANNELS:
         writer.add_sensor(ch, "camera")
     totals = {"scenes": 0, "samples": 0, "sweeps": 0, "points": 0, "images": 0}
     scene_info = []
-    jobs = [(root, p, index, name, split) for index, (name, split) in enumerate(scene_names(p.version, p.scenes))]
+    jobs = [(root, p, index, name, split) for index, (name, split) in enumerate(scenes)]
     if workers > 1:
         results = _run_in_subprocesses(root, jobs, workers)
     else:
@@ -185,18 +180,20 @@ def generate(out_dir: str | Path, workers: int | None = None, **params) -> dict:
     writer.finish({
         "generator": "lidarlift.synth", "workers": workers, "seed": p.seed, "version": p.version, "params": params_dict,
         "camera_channels": list(CAMERA_CHANNELS),
+        "lidar": {**dataclasses.asdict(p.lidar), "sweeps_per_keyframe": p.keyframe_sweeps,
+                  "sweeps_before_first": p.lead_sweeps},
         "conventions": {
             "panoptic": "uint16 1000 * fine index + instance id (1.. per scene for fine classes 1..23, 0 for stuff/noise)",
             "panoptic2d": "uint16 PNG, same encoding, 0 = sky; pixel (v, u) rendered along the ray through image "
                           "coordinates (u, v): project with the calibrated intrinsics and round()",
             "visibility": "(N, 6) bool per keyframe point, columns in camera_channels order",
+            "sweeps": "lidarlift_gt/<version>/sweeps/<sample_data token>.npz per non-keyframe sweep: key 'data', "
+                      "uint16 1000 * fine index + instance id per point (the panoptic encoding)",
         },
         "scenes": scene_info, "totals": totals,
     })
-    totals["seconds"] = round(time.perf_counter() - t_start, 2)
     totals["generation_seconds"] = round(seconds, 2)
-    totals["bytes"] = sum(f.stat().st_size for sub in OWNED if (root / sub).exists()
-                          for f in (root / sub).rglob("*") if f.is_file())
+    totals["entries"] = sorted(os.listdir(root))
     return totals
 
 
@@ -219,9 +216,9 @@ def _generate_scene(writer: NuScenesWriter, p: WorldParams, index: int, name: st
     # integer microsecond timestamps first; simulation time tau derives from them exactly
     ts0 = 1_532_400_000_000_000 + index * 3_600_000_000 + int(rng.integers(0, 1_000_000))
     n_sweeps = p.sweeps_per_scene
-    sweep_ts = [ts0 + int(round(k * SWEEP_PERIOD_S * 1e6)) + (int(rng.integers(-300, 301)) if k else 0)
+    sweep_ts = [ts0 + int(round(k * p.sweep_period * 1e6)) + (int(rng.integers(-300, 301)) if k else 0)
                 for k in range(n_sweeps)]
-    key_idx = [p.sweeps_before_first + j * p.sweeps_per_keyframe for j in range(p.samples_per_scene)]
+    key_idx = [p.lead_sweeps + j * p.keyframe_sweeps for j in range(p.samples_per_scene)]
     sample_tokens = [writer.add_sample(ctx, sweep_ts[k]) for k in key_idx]
 
     def tau_of(ts: int) -> float:
@@ -239,6 +236,7 @@ def _generate_scene(writer: NuScenesWriter, p: WorldParams, index: int, name: st
         writer.write_points(rec, sweep.points)
         stats["sweep_points"] += len(sweep.points)
         if not is_key:
+            writer.write_sweep_truth(rec["token"], sweep.fine, sweep.instance)
             continue
         stats["keyframe_points"] += len(sweep.points)
         writer.write_lidar_labels(rec["token"], sweep.fine, sweep.instance)
@@ -292,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples-per-scene", type=int, default=d.samples_per_scene)
     ap.add_argument("--image-width", type=int, default=d.image_width)
     ap.add_argument("--image-height", type=int, default=d.image_height)
-    ap.add_argument("--beams", type=int, default=d.beams)
+    ap.add_argument("--sensor", default=d.sensor, help="LiDAR preset: nuscenes32 (default) | kitti64 | os128")
+    ap.add_argument("--beams", type=int, default=d.beams, help="override the preset's beam count (spread uniformly)")
     ap.add_argument("--version", default=d.version, choices=["v1.0-mini", "v1.0-trainval"])
     ap.add_argument("--sweeps-before-first", type=int, default=d.sweeps_before_first)
     ap.add_argument("--class-frequency", default="{}", help='JSON object, e.g. \'{"vehicle.car": 2.0}\'')
@@ -305,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--class-frequency: invalid JSON ({e})")
     try:
         stats = generate(a.out, seed=a.seed, scenes=a.scenes, samples_per_scene=a.samples_per_scene,
-                         image_width=a.image_width, image_height=a.image_height, beams=a.beams, version=a.version,
+                         image_width=a.image_width, image_height=a.image_height, sensor=a.sensor, beams=a.beams,
+                         version=a.version,
                          sweeps_before_first=a.sweeps_before_first, class_frequency=freq,
                          guarantee_things=not a.no_guarantee_things, workers=a.workers)
     except ValueError as e:

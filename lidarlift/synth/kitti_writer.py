@@ -6,7 +6,6 @@ at the LiDAR timestamp (the synthetic CAM_FRONT fires within a few ms of it).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -17,6 +16,7 @@ from lidarlift.datasets.readers import read_label_map
 from lidarlift.datasets.semantickitti import RAW_TO_TRAIN, synthetic_sequence_names
 from lidarlift.geometry import invert
 from lidarlift.manifest import Manifest, as_matrix
+from lidarlift.synth.dataroot import staged_world
 
 #: nuScenes fine class -> SemanticKITTI raw id (0 unlabelled, 99 other-object, 52 other-structure).
 FINE_TO_KITTI_RAW: dict[str, int] = {
@@ -41,11 +41,14 @@ def _row(m: np.ndarray) -> str:
 def write_semantickitti(manifest: Manifest, out: str | Path) -> dict:
     """Convert a nuScenes-format synthetic world (its manifest) into ``out/sequences/NN/...``.
 
-    Returns stats {sequences, frames, points}.
+    ``out`` must be empty, absent or hold a world written before (:mod:`lidarlift.synth.dataroot`);
+    the new sequences replace it once complete. Returns stats {sequences, frames, points}.
     """
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp-kitti")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with staged_world(out) as tmp:
+        return _write_sequences(manifest, tmp)
+
+
+def _write_sequences(manifest: Manifest, tmp: Path) -> dict:
     names = synthetic_sequence_names(len(manifest.shards))
     front = manifest.cameras.index("CAM_FRONT")
     n_frames = n_points = 0
@@ -89,7 +92,4 @@ def write_semantickitti(manifest: Manifest, out: str | Path) -> dict:
         (sdir / "poses.txt").write_text("\n".join(poses) + "\n")
         (sdir / "times.txt").write_text("\n".join(times) + "\n")
         n_frames += len(samples)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
     return {"sequences": len(names), "frames": n_frames, "points": n_points}

@@ -11,6 +11,8 @@ Layout under ``out_dir``::
     maps/<token>.png                                               tiny placeholder map
     lidarlift_gt/<version>/panoptic2d/<cam_sd_token>.png           uint16, same encoding, 0 = sky
     lidarlift_gt/<version>/visibility/<lidar_sd_token>.npy         (N, 6) bool, CAMERA_CHANNELS order
+    lidarlift_gt/<version>/sweeps/<lidar_sd_token>.npz             key 'data', uint16 1000 * fine + inst per
+                                                                   point of a non-keyframe sweep (sweeps/)
     lidarlift_gt/<version>/world.json                              params, seed, per-scene stats
 
 Tokens are 32 hex digits from md5 of (seed, version, record identity): stable across runs.
@@ -73,7 +75,8 @@ class NuScenesWriter:
         self.seed = seed
         self.tables: dict[str, list[dict]] = {t: [] for t in TABLES}
         for sub in (version, "maps", f"lidarseg/{version}", f"panoptic/{version}", "sweeps/LIDAR_TOP",
-                    f"lidarlift_gt/{version}/panoptic2d", f"lidarlift_gt/{version}/visibility"):
+                    f"lidarlift_gt/{version}/panoptic2d", f"lidarlift_gt/{version}/visibility",
+                    f"lidarlift_gt/{version}/sweeps"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         self.category_tokens = {}
         for i, name in enumerate(FINE_CLASSES):
@@ -169,6 +172,12 @@ class NuScenesWriter:
         pan = fine.astype(np.uint16) * 1000 + instance.astype(np.uint16)
         np.savez_compressed(self.root / rel, data=pan)
         self.tables["panoptic"].append({"token": lidar_sd_token, "sample_data_token": lidar_sd_token, "filename": rel})
+
+    def write_sweep_truth(self, lidar_sd_token: str, fine: np.ndarray, instance: np.ndarray) -> None:
+        """Per-point truth of a non-keyframe sweep, in the keyframe panoptic files' encoding: npz key 'data',
+        (N,) uint16 1000 * fine + instance (instance ids as in the scene's keyframes, 0 for stuff and noise)."""
+        pan = fine.astype(np.uint16) * 1000 + instance.astype(np.uint16)
+        np.savez_compressed(self.root / f"lidarlift_gt/{self.version}/sweeps/{lidar_sd_token}.npz", data=pan)
 
     def write_panoptic2d(self, cam_sd_token: str, panoptic: np.ndarray) -> None:
         cv2.imwrite(str(self.root / f"lidarlift_gt/{self.version}/panoptic2d/{cam_sd_token}.png"),

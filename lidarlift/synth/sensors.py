@@ -1,5 +1,6 @@
-"""Sensors of the synthetic rig: a rotating 32-beam LiDAR and six pinhole cameras, ray-cast with
-open3d's RaycastingScene against a :class:`~lidarlift.synth.world.SceneWorld`.
+"""Sensors of the synthetic rig: a rotating LiDAR (presets of real 32-, 64- and 128-beam sensors,
+:data:`LIDAR_PRESETS`) and six pinhole cameras, ray-cast with open3d's RaycastingScene against a
+:class:`~lidarlift.synth.world.SceneWorld`.
 
 Frames (nuScenes conventions):
 - *local*: the scene frame of :mod:`lidarlift.synth.world` (stands in for nuScenes' global frame);
@@ -9,13 +10,15 @@ Frames (nuScenes conventions):
   through image coordinates (u, v): integer coordinates are pixel centres, so a projected point
   belongs to pixel ``(round(v), round(u))``.
 
-The LiDAR spins once per 50 ms sweep; each ray fires at its own time and points are motion-
-compensated into the sensor frame at the sweep timestamp (:func:`cast_sweep`). A camera exposes when
-the LiDAR passes its optical axis (:func:`camera_time_offsets`, 4..45 ms after the sweep timestamp),
-so camera and LiDAR timestamps differ and the ego and moving objects move in between.
+The LiDAR spins once per sweep (50 ms for the nuScenes preset, 100 ms for the others); each ray fires
+at its own time and points are motion-compensated into the sensor frame at the sweep timestamp
+(:func:`cast_sweep`). A camera exposes when the LiDAR passes its optical axis
+(:func:`camera_time_offsets`, 4..45 ms after the sweep timestamp at 20 Hz), so camera and LiDAR
+timestamps differ and the ego and moving objects move in between.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,8 +28,7 @@ from lidarlift.geometry import matrix_to_quaternion
 import open3d as o3d
 
 from lidarlift.synth.world import (
-    PAT_FACADE, PAT_ROAD, PAT_VEG, SWEEP_PERIOD_S, SceneWorld, TriMesh, WorldParams, rot_x, rot_y,
-    rot_z,
+    PAT_FACADE, PAT_ROAD, PAT_VEG, SceneWorld, TriMesh, WorldParams, rot_x, rot_y, rot_z,
 )
 
 CAMERA_CHANNELS: tuple[str, ...] = (
@@ -109,16 +111,100 @@ def camera_rig(width: int, height: int) -> list[SensorCalib]:
 LIDAR_START_YAW_DEG = 140.0
 
 
-def firing_offset(yaw: np.ndarray | float) -> np.ndarray | float:
-    """Seconds after the sweep timestamp at which the LiDAR fires towards ego-frame yaw (rad)."""
+def firing_offset(yaw: np.ndarray | float, period_s: float) -> np.ndarray | float:
+    """Seconds after the sweep timestamp at which the LiDAR, spinning once per ``period_s``, fires
+    towards ego-frame yaw (rad)."""
     frac = np.mod(np.radians(LIDAR_START_YAW_DEG) - np.asarray(yaw), 2 * np.pi) / (2 * np.pi)
-    return SWEEP_PERIOD_S * frac
+    return period_s * frac
 
 
-def camera_time_offsets() -> dict[str, float]:
+def camera_time_offsets(period_s: float) -> dict[str, float]:
     """Seconds after the sweep timestamp at which each camera exposes: when the spinning LiDAR
-    passes the camera's optical axis (as nuScenes triggers its cameras), 4..45 ms."""
-    return {ch: float(firing_offset(np.radians(_CAMERA_RIG[ch][0]))) for ch in CAMERA_CHANNELS}
+    passes the camera's optical axis (as nuScenes triggers its cameras), 4..45 ms at 20 Hz."""
+    return {ch: float(firing_offset(np.radians(_CAMERA_RIG[ch][0]), period_s)) for ch in CAMERA_CHANNELS}
+
+
+# --------------------------------------------------------------------------------------------------
+# LiDAR presets
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LidarSpec:
+    """A rotating multi-beam LiDAR.
+
+    ``elevations_deg``: (B,) beam elevations in the LIDAR_TOP frame, ascending (ring 0 = the lowest
+    beam, as the ROS Velodyne/Ouster drivers number rings); ``azimuth_steps``: firings per revolution
+    (all beams of a step fire together); ``period_s``: seconds per revolution; ``min_range`` /
+    ``max_range`` (m); ``range_noise``: 1-sigma range error (m); ``dropout``: share of returns lost at
+    random (grazing and weak returns are lost on top); ``noise_points``: share of rays giving a
+    spurious return. ``reference``: the real sensor and the point count the preset is sized to.
+    """
+
+    name: str
+    elevations_deg: tuple[float, ...]
+    azimuth_steps: int
+    period_s: float
+    max_range: float
+    range_noise: float
+    dropout: float = 0.03
+    noise_points: float = 0.001
+    min_range: float = 0.5
+    reference: str = ""
+
+    @property
+    def beams(self) -> int:
+        return len(self.elevations_deg)
+
+
+def _hdl64e_elevations() -> tuple[float, ...]:
+    """HDL-64E S2 beam elevations (deg), ascending: the lower block's 32 lasers from -24.8 to -8.8 deg
+    (16/31 ~ 0.52 deg apart), the upper block's 32 from -8.33 to +2.0 deg (1/3 deg apart)."""
+    lower = np.linspace(-24.8, -8.8, 32)
+    upper = 2.0 - np.arange(32)[::-1] / 3.0
+    return tuple(float(v) for v in np.concatenate([lower, upper]))
+
+
+#: The LiDAR presets of ``synth.sensor``; the rig is the same for all (ego body, mount, cameras). Points
+#: per keyframe in the synthetic streets (seeds 0-3; ``bench/bench_synth.py``, ``bench/bench_scanners.py``):
+#: nuscenes32 33-34k, kitti64 118-120k, os128 94-98k.
+LIDAR_PRESETS: dict[str, LidarSpec] = {
+    # nuScenes' Velodyne HDL-32E: 32 beams 1.33 deg apart from -30.67 to +10.67 deg, 20 Hz, +-2 cm,
+    # returns usable to ~70-80 m. nuScenes keyframes hold ~34k points (the sensor's spec: up to 1.39 M
+    # points/s in dual-return mode); the single-return synthetic sensor fires 1700 steps per revolution
+    # (0.21 deg) so that a keyframe holds ~34k points too (1085 steps, the single-return rate, give ~22k:
+    # the ego body, the sky and dropout take ~38% of the rays).
+    "nuscenes32": LidarSpec(
+        "nuscenes32", tuple(float(v) for v in np.linspace(-30.67, 10.67, 32)), azimuth_steps=1700,
+        period_s=0.05, max_range=80.0, range_noise=0.02,
+        reference="nuScenes LIDAR_TOP (HDL-32E, 20 Hz): ~34k points per keyframe"),
+    # SemanticKITTI's Velodyne HDL-64E S2: +2 to -24.8 deg in two blocks of non-uniform spacing
+    # (:func:`_hdl64e_elevations`), 10 Hz, ~2 cm, 120 m. KITTI scans hold ~120k points; 2480 steps per
+    # revolution (0.145 deg; the sensor's spec: 0.17 deg at 10 Hz, 0.09 deg at 5 Hz) give that in a
+    # synthetic street (the rig's low roof mount hides part of the lower block).
+    "kitti64": LidarSpec(
+        "kitti64", _hdl64e_elevations(), azimuth_steps=2480, period_s=0.1, max_range=120.0, range_noise=0.02,
+        reference="SemanticKITTI velodyne (HDL-64E S2, 10 Hz): ~120k points per scan"),
+    # Ouster OS1-128 in its 1024x10 mode (datasheet: 128 beams uniform over +-22.5 deg = 0.354 deg apart,
+    # 1024 columns = 0.352 deg, 10 Hz, 0.8-120 m, +-3 cm at moderate SNR): exactly the real firing
+    # pattern, 131,072 firings per frame, so a street returns what the real sensor would.
+    "os128": LidarSpec(
+        "os128", tuple(float(v) for v in np.linspace(-22.5, 22.5, 128)), azimuth_steps=1024, period_s=0.1,
+        max_range=120.0, range_noise=0.03, min_range=0.8,
+        reference="Ouster OS1-128, 1024x10 mode: 128 x 1024 = 131,072 firings per frame"),
+}
+
+
+def resolve_lidar(params: WorldParams) -> LidarSpec:
+    """The LiDAR of ``params``: its ``sensor`` preset with the parameters that are set (not None)
+    overriding it; ``beams`` spreads that many beams uniformly over the preset's elevation range."""
+    spec = LIDAR_PRESETS["nuscenes32" if params.sensor == "auto" else params.sensor]
+    over = {k: getattr(params, k) for k in ("azimuth_steps", "max_range", "range_noise", "dropout", "noise_points")
+            if getattr(params, k) is not None}
+    if params.beams is not None and params.beams != spec.beams:
+        lo, hi = spec.elevations_deg[0], spec.elevations_deg[-1]
+        over["elevations_deg"] = tuple(float(v) for v in np.linspace(lo, hi, int(params.beams)))
+    return dataclasses.replace(spec, **over) if over else spec
 
 
 # --------------------------------------------------------------------------------------------------
@@ -441,17 +527,17 @@ class Sweep:
     noise: np.ndarray
 
 
-def lidar_directions(params: WorldParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lidar_directions(spec: LidarSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ray directions of one revolution at phase 0 in the LIDAR_TOP frame.
 
-    Returns (dirs (B * A, 3) unit, ring (B * A,) beam index, column (B * A,) azimuth step).
-    Elevations -30.67..+10.67 deg (HDL-32E), ring 0 the lowest beam; A azimuth steps."""
-    elev = np.radians(np.linspace(-30.67, 10.67, params.beams))
-    az = np.arange(params.azimuth_steps) * (2 * np.pi / params.azimuth_steps)
+    Returns (dirs (B * A, 3) unit, ring (B * A,) beam index, column (B * A,) azimuth step): the
+    spec's B beam elevations (ring 0 the lowest beam) at each of its A azimuth steps."""
+    elev = np.radians(np.asarray(spec.elevations_deg, float))
+    az = np.arange(spec.azimuth_steps) * (2 * np.pi / spec.azimuth_steps)
     A, E = np.meshgrid(az, elev, indexing="ij")
     d = np.stack([np.cos(E) * np.cos(A), np.cos(E) * np.sin(A), np.sin(E)], -1).reshape(-1, 3)
-    ring = np.tile(np.arange(params.beams), params.azimuth_steps)
-    column = np.repeat(np.arange(params.azimuth_steps), params.beams)
+    ring = np.tile(np.arange(spec.beams), spec.azimuth_steps)
+    column = np.repeat(np.arange(spec.azimuth_steps), spec.beams)
     return d, ring, column
 
 
@@ -470,9 +556,9 @@ _PATTERN_CACHE: dict = {}
 
 def cast_sweep(caster: SceneCaster, params: WorldParams, tau: float, rng: np.random.Generator,
                calib: SensorCalib) -> Sweep:
-    """Simulate the sweep with timestamp tau.
+    """Simulate the sweep with timestamp tau with the LiDAR ``params.lidar``.
 
-    The sensor spins once in 50 ms starting at :data:`LIDAR_START_YAW_DEG`: each ray fires at its own
+    The sensor spins once per ``period_s`` starting at :data:`LIDAR_START_YAW_DEG`: each ray fires at its own
     time, from the ego pose at that time, against moving objects at that time
     (:meth:`SceneCaster.cast`). Points are then motion-compensated into
     the LIDAR_TOP frame at tau, as in nuScenes, so static structure is exact in that frame while
@@ -480,9 +566,10 @@ def cast_sweep(caster: SceneCaster, params: WorldParams, tau: float, rng: np.ran
     facing that way saw them.
     """
     world = caster.world
-    key = (params.beams, params.azimuth_steps)
+    spec = params.lidar
+    key = (spec.elevations_deg, spec.azimuth_steps)
     if key not in _PATTERN_CACHE:
-        d0, ring0, col0 = lidar_directions(params)
+        d0, ring0, col0 = lidar_directions(spec)
         # rays that hit the ego body never leave the car (the ~0.3 deg phase jitter is negligible here)
         d0_e = d0 @ calib.rotation.T
         o_e = np.broadcast_to(calib.translation, d0_e.shape)
@@ -491,24 +578,24 @@ def cast_sweep(caster: SceneCaster, params: WorldParams, tau: float, rng: np.ran
             keep &= ~_ray_hits_box(o_e, d0_e, lo, hi)
         _PATTERN_CACHE[key] = (d0[keep], ring0[keep], col0[keep])
     d0, ring, column = _PATTERN_CACHE[key]
-    phase = rng.uniform(0, 2 * np.pi / params.azimuth_steps)
+    phase = rng.uniform(0, 2 * np.pi / spec.azimuth_steps)
     d_s = d0 @ rot_z(phase).T
     d_e = d_s @ calib.rotation.T
     n_rays = len(d_e)
     # all beams of an azimuth step fire together: one time and one ego pose per step
-    col_az = phase + np.arange(params.azimuth_steps) * (2 * np.pi / params.azimuth_steps)
+    col_az = phase + np.arange(spec.azimuth_steps) * (2 * np.pi / spec.azimuth_steps)
     col_dir_e = np.column_stack([np.cos(col_az), np.sin(col_az), np.zeros_like(col_az)]) @ calib.rotation.T
-    t_col = tau + firing_offset(np.arctan2(col_dir_e[:, 1], col_dir_e[:, 0]))
+    t_col = tau + firing_offset(np.arctan2(col_dir_e[:, 1], col_dir_e[:, 0]), spec.period_s)
     R_col, t_col_e = world.ego.poses(t_col)
     t_fire = t_col[column]
     origin = (np.einsum("nij,j->ni", R_col, calib.translation) + t_col_e)[column]
     d_w = np.einsum("nij,nj->ni", R_col[column], d_e)
-    h = caster.cast(origin, d_w, t_fire, params.max_range)
+    h = caster.cast(origin, d_w, t_fire, spec.max_range)
     t_hit, face, normal = h.t, h.face, h.normal
-    ok = (face >= 0) & (t_hit <= params.max_range) & (t_hit > 0.5)
+    ok = (face >= 0) & (t_hit <= spec.max_range) & (t_hit > spec.min_range)
     cosi = np.abs(np.einsum("ij,ij->i", normal, d_w))
     # dropout: random, grazing incidence, and weak returns from dark far surfaces
-    p_drop = np.full(n_rays, params.dropout) + np.where(cosi < 0.08, 0.5, 0.0)
+    p_drop = np.full(n_rays, spec.dropout) + np.where(cosi < 0.08, 0.5, 0.0)
     idx = np.flatnonzero(ok)
     _, refl = surface_appearance(caster, face[idx], origin[idx] + d_w[idx] * t_hit[idx, None], t_fire[idx],
                                  with_color=False)
@@ -518,13 +605,13 @@ def cast_sweep(caster: SceneCaster, params: WorldParams, tau: float, rng: np.ran
     p_drop += np.where(weak, 0.6, 0.0)
     ok &= rng.random(n_rays) >= p_drop
     # spurious returns (labelled noise): dust, multipath
-    noise = rng.random(n_rays) < params.noise_points
+    noise = rng.random(n_rays) < spec.noise_points
     noise &= ~ok | (rng.random(n_rays) < 0.5)
     sel = np.flatnonzero(ok | noise)
     is_noise = noise[sel]
     t_true = t_hit[sel]
     t_noise = rng.uniform(0.8, 1.0, len(sel)) * np.minimum(np.where(np.isfinite(t_true), t_true, 30.0), 30.0)
-    r = np.where(is_noise, t_noise, t_true + rng.normal(0, params.range_noise, len(sel)))
+    r = np.where(is_noise, t_noise, t_true + rng.normal(0, spec.range_noise, len(sel)))
     p_world = origin[sel] + d_w[sel] * r[:, None]
     surface = np.where(is_noise[:, None], p_world, origin[sel] + d_w[sel] * np.where(is_noise, 0, t_true)[:, None])
     # motion compensation into the sensor frame at the sweep timestamp

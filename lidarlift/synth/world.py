@@ -79,7 +79,8 @@ PAT_FACADE = 2  # building facade: window grid
 PAT_VEG = 3  # foliage / grass: strong, high-frequency variation
 PAT_GLASS = 4  # vehicle glass: dark, faint reflections
 
-SWEEP_PERIOD_S = 0.05  # 20 Hz rotating LiDAR
+#: Seconds between keyframes (nuScenes annotates at 2 Hz).
+KEYFRAME_PERIOD_S = 0.5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,9 +92,17 @@ SWEEP_PERIOD_S = 0.05  # 20 Hz rotating LiDAR
 class WorldParams:
     """Generator parameters. Call :meth:`validate` (``generate`` does) before use.
 
-    ``samples_per_scene`` keyframes at 2 Hz; ``sweeps_per_keyframe`` LiDAR sweeps per keyframe period
-    (10 at 20 Hz: the keyframe plus 9 sweeps in between); ``sweeps_before_first`` extra sweeps before
-    the first keyframe (so every keyframe has a full set of previous sweeps).
+    ``sensor`` names the LiDAR preset (:data:`lidarlift.synth.sensors.LIDAR_PRESETS`: ``nuscenes32``,
+    ``kitti64``, ``os128``; ``auto``: the nuScenes layout's ``nuscenes32``, as the generator writes that
+    layout -- the workflow picks ``kitti64`` for a world converted to SemanticKITTI); the rig (car,
+    cameras, LiDAR mounting) is the same for every preset.
+    ``beams``, ``azimuth_steps``, ``max_range``, ``range_noise``, ``dropout`` and ``noise_points``
+    override the preset when set (``beams``: that many beams spread uniformly over the preset's
+    elevation range); :attr:`lidar` is the resolved sensor.
+    ``samples_per_scene`` keyframes; ``sweeps_per_keyframe`` LiDAR sweeps per keyframe period (default:
+    the sweeps of one 0.5 s keyframe period at the sensor's rotation rate -- 10 at 20 Hz, the keyframe
+    plus 9 sweeps in between); ``sweeps_before_first`` extra sweeps before the first keyframe (default
+    ``sweeps_per_keyframe - 1``, so every keyframe has a full set of previous sweeps).
     ``class_frequency`` multiplies the expected count of objects of a fine class (keys: fine class
     names of :data:`GENERATED_FINE_NAMES`); ``guarantee_things`` forces >= 1 instance of each of the
     ten challenge thing classes per scene.
@@ -104,15 +113,16 @@ class WorldParams:
     samples_per_scene: int = 6
     image_width: int = 480
     image_height: int = 270
-    beams: int = 32
-    azimuth_steps: int = 1084
+    sensor: str = "nuscenes32"
+    beams: int | None = None
+    azimuth_steps: int | None = None
     version: str = "v1.0-mini"
-    sweeps_per_keyframe: int = 10
-    sweeps_before_first: int = 9
-    max_range: float = 80.0
-    range_noise: float = 0.02
-    dropout: float = 0.03
-    noise_points: float = 0.001
+    sweeps_per_keyframe: int | None = None
+    sweeps_before_first: int | None = None
+    max_range: float | None = None
+    range_noise: float | None = None
+    dropout: float | None = None
+    noise_points: float | None = None
     ego_speed_min: float = 5.0
     ego_speed_max: float = 10.0
     guarantee_things: bool = True
@@ -122,17 +132,24 @@ class WorldParams:
 
     def validate(self) -> "WorldParams":
         """Raise ValueError naming the offending parameter; returns self."""
+        from lidarlift.synth.sensors import LIDAR_PRESETS
 
         def pos_int(name: str, lo: int = 1) -> None:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"parameter {name!r} must be an integer >= {lo}, got {v!r}")
 
-        for name in ("scenes", "samples_per_scene", "beams", "azimuth_steps", "sweeps_per_keyframe"):
+        if self.sensor != "auto" and self.sensor not in LIDAR_PRESETS:
+            raise ValueError(f"parameter 'sensor' must be 'auto' or one of {sorted(LIDAR_PRESETS)}, got {self.sensor!r}")
+        for name in ("scenes", "samples_per_scene"):
             pos_int(name)
+        for name in ("beams", "azimuth_steps", "sweeps_per_keyframe"):
+            if getattr(self, name) is not None:
+                pos_int(name)
         pos_int("image_width", 16)
         pos_int("image_height", 16)
-        pos_int("sweeps_before_first", 0)
+        if self.sweeps_before_first is not None:
+            pos_int("sweeps_before_first", 0)
         pos_int("seed", 0)
         if not (1 <= self.jpeg_quality <= 100):
             raise ValueError(f"parameter 'jpeg_quality' must be in 1..100, got {self.jpeg_quality!r}")
@@ -146,7 +163,9 @@ class WorldParams:
             ("cell_size", 0.1, 2.0),
         ):
             v = getattr(self, name)
-            if not isinstance(v, (int, float, np.floating, np.integer)) or not (lo <= float(v) <= hi):
+            if v is None and name in ("max_range", "range_noise", "dropout", "noise_points"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not (lo <= float(v) <= hi):
                 raise ValueError(f"parameter {name!r} must be a number in [{lo}, {hi}], got {v!r}")
         if self.ego_speed_min > self.ego_speed_max:
             raise ValueError("parameter 'ego_speed_min' must be <= 'ego_speed_max'")
@@ -167,17 +186,44 @@ class WorldParams:
                 raise ValueError(f"parameter 'class_frequency': multiplier for {name!r} must be >= 0, got {mult!r}")
         return self
 
+    @property
+    def lidar(self):
+        """The resolved LiDAR (:class:`lidarlift.synth.sensors.LidarSpec`): the preset with the overrides."""
+        from lidarlift.synth.sensors import resolve_lidar
+
+        return resolve_lidar(self)
+
+    @property
+    def sweep_period(self) -> float:
+        """Seconds per LiDAR revolution (one sweep)."""
+        return self.lidar.period_s
+
+    @property
+    def keyframe_sweeps(self) -> int:
+        """Sweeps per keyframe period (``sweeps_per_keyframe`` or 0.5 s at the sensor's rotation rate)."""
+        if self.sweeps_per_keyframe is not None:
+            return int(self.sweeps_per_keyframe)
+        return max(1, int(round(KEYFRAME_PERIOD_S / self.sweep_period)))
+
+    @property
+    def lead_sweeps(self) -> int:
+        """Sweeps before the first keyframe (``sweeps_before_first`` or ``keyframe_sweeps - 1``)."""
+        return int(self.sweeps_before_first) if self.sweeps_before_first is not None else self.keyframe_sweeps - 1
+
     def freq(self, fine_name: str) -> float:
         return float(self.class_frequency.get(fine_name, 1.0))
 
     @property
     def sweeps_per_scene(self) -> int:
-        return self.sweeps_before_first + (self.samples_per_scene - 1) * self.sweeps_per_keyframe + 1
+        return self.lead_sweeps + (self.samples_per_scene - 1) * self.keyframe_sweeps + 1
 
     @property
     def scene_duration(self) -> float:
-        """Seconds from the first sweep to the last camera exposure (+ margin)."""
-        return (self.sweeps_per_scene - 1) * SWEEP_PERIOD_S + 0.1
+        """Seconds from the first sweep to the end of the last sweep and its camera exposures (+ 50 ms).
+
+        With the default sweep counts it is the same for every sensor preset (the last keyframe at
+        0.5 s x (samples - 1) + 0.5 s - one period), so one seed gives the same streets to every sensor."""
+        return (self.sweeps_per_scene - 1) * self.sweep_period + self.sweep_period + 0.05
 
 
 # --------------------------------------------------------------------------------------------------
