@@ -113,16 +113,64 @@ def test_inverse_frequency_weights():
     assert np.mean(w[:2].numpy()) == pytest.approx(1.0)
 
 
-def test_batched_lovasz_equals_the_per_class_loop():
-    """The GPU path (all classes sorted at once) gives the loop's value and gradient."""
-    from lidarlift.model.losses import _lovasz_softmax_batched
+def _lovasz_reference(probs, target):
+    """Berman et al.'s Lovász-softmax as published: one class at a time, over the present classes,
+    on the labelled points only (an (N,) sort and cumsum per class)."""
+    losses = []
+    for c in torch.unique(target).tolist():
+        fg = (target == c).to(probs.dtype)
+        errors = (fg - probs[:, c]).abs()
+        errors_sorted, perm = torch.sort(errors, 0, descending=True)
+        gt_sorted = fg[perm]
+        gts = gt_sorted.sum()
+        jaccard = 1.0 - (gts - gt_sorted.cumsum(0)) / (gts + (1.0 - gt_sorted).cumsum(0))
+        jaccard[1:] = jaccard[1:] - jaccard[:-1].clone()
+        losses.append(torch.dot(errors_sorted, jaccard))
+    return torch.stack(losses).mean()
 
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device"))])
+def test_lovasz_equals_the_per_class_reference_value_and_gradient(device):
+    """The (K, N) sort-once formulation over all points with a validity mask gives the published per-class
+    loop's value and gradient on the labelled points (random logits, 2 absent classes, 40% unlabelled)."""
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(500, 6, generator=g, requires_grad=True)
-    target = torch.randint(0, 5, (500,), generator=g)
-    a = lovasz_softmax(torch.softmax(logits, 1), target)
+    logits = torch.randn(2000, 8, generator=g).to(device).requires_grad_(True)
+    target = torch.randint(0, 6, (2000,), generator=g).to(device)  # classes 6 and 7 absent
+    valid = (torch.rand(2000, generator=g) < 0.6).to(device)
+    target_all = torch.where(valid, target, torch.full_like(target, 7))  # unlabelled rows hold an absent class
+    a = _lovasz_reference(torch.softmax(logits[valid], 1), target[valid])
     (ga,) = torch.autograd.grad(a, logits)
-    b = _lovasz_softmax_batched(torch.softmax(logits, 1), target)
+    b = lovasz_softmax(torch.softmax(logits, 1), target_all, valid)
     (gb,) = torch.autograd.grad(b, logits)
-    assert a.item() == pytest.approx(b.item(), abs=1e-6)
-    assert torch.allclose(ga, gb, atol=1e-6)
+    assert b.item() == pytest.approx(a.item(), abs=1e-6)
+    assert torch.allclose(ga, gb, atol=1e-7), (ga - gb).abs().max()
+    assert gb[~valid].abs().max() == 0, "unlabelled points get no Lovász gradient"
+    c = lovasz_softmax(torch.softmax(logits[valid], 1), target[valid])  # no mask: the same again
+    assert c.item() == pytest.approx(a.item(), abs=1e-6)
+
+
+def test_loss_of_masked_points_equals_the_loss_of_the_labelled_subset():
+    """SegmentationLoss on all points (masks, tensor counts) equals CE / Lovász on the labelled rows and
+    the negative loss on the candidate rows computed separately, with class weights and confidence."""
+    k = 5
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(300, k, generator=g, requires_grad=True)
+    label = torch.randint(0, k + 1, (300,), generator=g)
+    cand = torch.randint(0, 1 << k, (300,), generator=g)
+    conf = torch.rand(300, generator=g)
+    w = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0])
+    t = SegmentationLoss(k, class_weights=w, confidence_weighting=True)(logits, label, cand, conf)
+    lab = label > 0
+    per = torch.nn.functional.cross_entropy(logits[lab], label[lab] - 1, weight=w, reduction="none") * conf[lab]
+    ce = per.sum() / w[label[lab] - 1].sum()
+    lov = _lovasz_reference(torch.softmax(logits[lab], 1), label[lab] - 1)
+    has_set = ~lab & (cand != 0) & (cand != (1 << k) - 1)
+    neg = negative_label_loss(logits[has_set], candidate_sets(cand[has_set], k)).mean()
+    assert t.ce.item() == pytest.approx(ce.item(), rel=1e-6)
+    assert t.lovasz.item() == pytest.approx(lov.item(), rel=1e-6)
+    assert t.negative.item() == pytest.approx(neg.item(), rel=1e-6)
+    assert int(t.n_labelled) == int(lab.sum()) and int(t.n_candidates) == int(has_set.sum())
+    (g1,) = torch.autograd.grad(t.total, logits)
+    (g2,) = torch.autograd.grad(ce + lov + neg, logits)
+    assert torch.allclose(g1, g2, atol=1e-7)

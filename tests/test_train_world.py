@@ -10,7 +10,7 @@ from lidarlift.datasets.readers import read_lidar
 from lidarlift.groundtruth import point_truth
 from lidarlift.model.predict import predict_shard
 from lidarlift.model.toyscene import simulated_pseudolabels, write_pseudolabel_store
-from lidarlift.model.train import run_training, summarize
+from lidarlift.model.train import run_training
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +37,6 @@ def test_train_and_predict_on_the_synthetic_world(tiny_world, tmp_path):
         stores[shard] = tmp_path / "pseudolabels" / f"{shard}.zarr"
         write_pseudolabel_store(stores[shard], manifest, shard, arrays)
     train_cfg = dict(cfg["train"], epochs=2, model=dict(cfg["train"]["model"], channels=[8, 16, 32], voxel_size=0.4))
-    metrics = []
     for rnd, source in ((0, "pseudolabels"), ("full", "ground_truth")):
         out = tmp_path / "train" / str(rnd)
         spec = {"train": train_cfg, "label_space": "nuscenes16", "manifest": str(manifest_path), "round": rnd,
@@ -46,11 +45,10 @@ def test_train_and_predict_on_the_synthetic_world(tiny_world, tmp_path):
                 "tensorboard": None, "threads": 1}
         m = run_training(spec)
         assert m["sweeps"] == 2 * len(train_shards) and np.isfinite(m["final_loss"])
-        metrics.append(m)
         for shard in manifest.shards:
             store = tmp_path / "predict" / str(rnd) / f"{shard}.zarr"
-            metrics.append(predict_shard(out / "model.pt", manifest_path, shard, store, round=rnd,
-                                         label_space="nuscenes16", batch_size=2))
+            stats = predict_shard(out / "model.pt", manifest_path, shard, store, round=rnd, label_space="nuscenes16", batch_size=2)
+            assert stats["sweeps"] == len(manifest.shard_samples(shard))
             g = open_store(store, "predict")
             samples = manifest.shard_samples(shard)
             counts = [len(read_lidar(manifest.resolve(s.lidar.path), s.lidar.fmt)) for s in samples]
@@ -59,6 +57,3 @@ def test_train_and_predict_on_the_synthetic_world(tiny_world, tmp_path):
             assert g["logits"].shape == (sum(counts), 16) and g["features"].shape == (sum(counts), 8)
             if shard in stores:  # the E-step's check: same rows as the pseudo-label store
                 assert read(open_store(stores[shard], "pseudolabels"), "point_offsets").tolist() == read(g, "point_offsets").tolist()
-    s = summarize(metrics)
-    assert s["miou"] is not None and s["miou_full_supervision"] is not None
-    assert s["classes_present"], "the validation scenes have ground truth"

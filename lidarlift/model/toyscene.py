@@ -265,9 +265,15 @@ def simulated_pseudolabels(label: np.ndarray, seed: int = 0, labelled_share: flo
     cand = np.full(n, full, np.uint32)
     cand[lab > 0] = np.left_shift(np.uint32(1), lab[lab > 0].astype(np.uint32) - 1)
     has_set = (u >= labelled_share) & (u < labelled_share + candidate_share) & (label > 0)
-    for i in np.flatnonzero(has_set):
-        others = rng.choice(np.setdiff1d(np.arange(1, num_classes + 1), [label[i]]), candidate_size - 1, replace=False)
-        cand[i] = np.bitwise_or.reduce(np.left_shift(np.uint32(1), np.concatenate([[label[i]], others]).astype(np.uint32) - 1))
+    truth = label[has_set].astype(np.int64)
+    # candidate_size - 1 distinct other classes per point: the smallest random keys, the truth's key pushed last
+    keys = rng.random((len(truth), num_classes))
+    keys[np.arange(len(truth)), truth - 1] = np.inf
+    others = np.argsort(keys, 1)[:, : candidate_size - 1]  # class index 0..K-1
+    bits = np.left_shift(np.uint32(1), (truth - 1).astype(np.uint32))
+    for j in range(candidate_size - 1):
+        bits |= np.left_shift(np.uint32(1), others[:, j].astype(np.uint32))
+    cand[has_set] = bits
     conf = (lab > 0).astype(np.float32)
     return lab, cand, conf
 

@@ -1,4 +1,5 @@
-"""Config-driven training of the segmentation network: checkpoints every epoch and resume, TensorBoard,
+"""Config-driven training of the segmentation network: checkpoints (every epoch or every
+``train.checkpoint_every_s``) and resume, TensorBoard,
 seeds, AMP on GPU, DDP through ``torchrun`` (NCCL on GPU, gloo on CPU); ``summarize`` for the summary
 key ``training``.
 
@@ -31,8 +32,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lidarlift.model.data import (AugmentConfig, SweepDataset, TrainingDataError, check_supervision, collate_sweeps,
-                                  groundtruth_refs, pseudolabel_refs)
+from lidarlift.model.data import (AugmentConfig, ResidentSweeps, SweepDataset, TrainingDataError, check_supervision,
+                                  collate_sweeps, groundtruth_refs, pseudolabel_refs, temporal_refs)
 from lidarlift.model.losses import SegmentationLoss, inverse_frequency_weights
 from lidarlift.model.unet import SparseUNet, UNetConfig, build_model, count_parameters
 
@@ -78,11 +79,13 @@ class TrainConfig:
     device: str = "auto"
     gpus: int = 0
     log_every: int = 10
+    checkpoint_every_s: float = 0.0
     predict_batch_size: int = 4
     unlabelled_shard_policy: str = "error"
+    temporal_sweeps: int = 0
 
     #: keys that do not change the trained weights (left out of the resume fingerprint)
-    RUNTIME_KEYS = ("workers", "log_every", "gpus", "device", "predict_batch_size", "cache")
+    RUNTIME_KEYS = ("workers", "log_every", "gpus", "device", "predict_batch_size", "cache", "checkpoint_every_s")
 
     @staticmethod
     def from_dict(d: dict[str, Any] | None, num_classes: int | None = None) -> "TrainConfig":
@@ -106,8 +109,12 @@ class TrainConfig:
             raise ValueError(f"config key train.optimizer: {self.optimizer!r} is not one of sgd, adamw")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"config key train.schedule: {self.schedule!r} is not one of cosine, constant")
+        if self.checkpoint_every_s < 0:
+            raise ValueError(f"config key train.checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
         if self.unlabelled_shard_policy not in ("error", "skip"):
             raise ValueError(f"config key train.unlabelled_shard_policy: {self.unlabelled_shard_policy!r} is not one of error, skip")
+        if self.temporal_sweeps < 0:
+            raise ValueError(f"config key train.temporal_sweeps must be >= 0, got {self.temporal_sweeps}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"config key train.device: {self.device!r} is not one of auto, cpu, cuda")
         UNetConfig.from_dict(self.model)
@@ -174,11 +181,12 @@ def _barrier(d: Dist) -> None:
 
 
 def resolve_device(name: str, d: Dist) -> torch.device:
-    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("config key train.device is 'cuda' but torch sees no CUDA device")
-    return torch.device("cuda", d.local_rank)
+    """This rank's device: ``cuda:<local rank>`` (the local rank-th GPU the job leased, see
+    :func:`lidarlift.gpu.job_gpus`) when the job holds a lease and torch is a CUDA build, else the CPU.
+    ``name`` is ``train.device`` (auto | cpu | cuda). CUDA is never touched without a lease."""
+    from lidarlift.gpu import torch_device
+
+    return torch_device(name, key="train.device", local_rank=d.local_rank)
 
 
 # ------------------------------------------------------------------------------------ checkpoints
@@ -254,10 +262,11 @@ def _unwrap(model: torch.nn.Module) -> SparseUNet:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
-def _optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused on CUDA: one kernel for every parameter, and GradScaler hands it the inf check without a host sync
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
 
 
 def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -272,6 +281,15 @@ def _schedule(cfg: TrainConfig, opt: torch.optim.Optimizer, total_steps: int) ->
         return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def allow_tf32() -> None:
+    """TF32 tensor cores for the fp32 parts on CUDA (dense layers and spconv's fp32 kernels): fp32 training
+    at close to fp16 speed with a 10-bit mantissa in the products, as is usual for segmentation training."""
+    torch.set_float32_matmul_precision("high")
+    from spconv import constants as spconv_constants
+
+    spconv_constants.SPCONV_ALLOW_TF32 = True
 
 
 def epoch_order(n: int, seed: int, epoch: int, d: Dist) -> list[int]:
@@ -303,6 +321,46 @@ def _loss_for(cfg: TrainConfig, stats_counts: np.ndarray | None, num_classes: in
     return SegmentationLoss(num_classes, class_weights=w, **lc)
 
 
+class _LossWindow:
+    """The loss terms of the steps since the last flush, kept on the device so a step never waits for
+    the GPU; :meth:`flush` reads them in one copy, stops on a non-finite loss (naming the epoch, step,
+    batch and sweeps; every DDP process agrees) and writes TensorBoard points."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.values: list[torch.Tensor] = []
+        self.steps: list[tuple[int, int, list[str], float]] = []
+
+    def add(self, terms: Any, step: int, batch: int, tokens: list[str], lr: float) -> None:
+        self.values.append(torch.stack([terms.total, terms.ce, terms.lovasz, terms.negative]).detach())
+        self.steps.append((step, batch, list(tokens), lr))
+
+    def flush(self, epoch: int, d: Dist, amp: bool, writer: Any, log_every: int) -> np.ndarray:
+        """(4,) sums of loss, ce, lovasz, negative over the window's steps."""
+        if not self.values:
+            _all_reduce_min(1.0, d)  # every process flushes at the same steps: keep the collectives paired
+            return np.zeros(4)
+        vals = torch.stack(self.values).double().cpu().numpy()
+        finite = np.isfinite(vals[:, 0])
+        if _all_reduce_min(1.0 if finite.all() else 0.0, d) < 1.0:
+            j = int(np.argmin(finite)) if not finite.all() else len(finite) - 1
+            step, b, tokens, _ = self.steps[j]
+            total, ce, lov, neg = vals[j]
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch + 1}, step {step} (batch {b + 1} of the epoch, sweeps "
+                f"{', '.join(tokens)}) on rank {d.rank}: total {total}, ce {ce}, lovasz {lov}, negative {neg}; "
+                f"training stopped (try a lower train.lr{' or train.amp: false' if amp else ''})")
+        if writer is not None:
+            for (step, _, _, lr), (total, ce, lov, neg) in zip(self.steps, vals):
+                if step % max(1, log_every) == 0 or step == 1:
+                    for name, v in (("total", total), ("ce", ce), ("lovasz", lov), ("negative", neg)):
+                        writer.add_scalar(f"loss/{name}", v, step)
+                    writer.add_scalar("lr", lr, step)
+        self.values.clear()
+        self.steps.clear()
+        return vals.sum(0)
+
+
 @dataclass
 class TrainResult:
     model: SparseUNet
@@ -320,7 +378,12 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
           tensorboard_dir: str | os.PathLike | None = None, label_counts: np.ndarray | None = None,
           data_fingerprint: str = "", resume: bool = True, threads: int | None = None,
           on_epoch_end: Callable[[int, SparseUNet], dict[str, float] | None] | None = None) -> TrainResult:
-    """Train on ``dataset``; checkpoint after every epoch to ``out_dir/checkpoint.pt`` and resume from it.
+    """Train on ``dataset``; checkpoint to ``out_dir/checkpoint.pt`` after the first epoch that ends
+    ``cfg.checkpoint_every_s`` after the last checkpoint (0: every epoch) and after the last, and resume from it.
+
+    With ``cfg.cache`` every sweep is held on the training device (:class:`ResidentSweeps`) and batched
+    there; otherwise DataLoader workers (``cfg.workers``) read and augment them into pinned memory. The
+    step never waits for the GPU: loss terms stay on the device until every ``cfg.log_every`` steps.
 
     A checkpoint whose fingerprint (training config, architecture, data) differs from this run's is
     not resumed: training starts afresh with a warning. Stops with NonFiniteLossError on a NaN or
@@ -338,6 +401,7 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
     device = resolve_device(cfg.device, d)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+        allow_tf32()
     amp = bool(cfg.amp and device.type == "cuda")
     fingerprint = hashlib.sha256(json.dumps({"train": cfg.fingerprint_dict(), "data": data_fingerprint,
                                              "sweeps": [r.token for r in dataset.refs]}, sort_keys=True).encode()).hexdigest()
@@ -346,7 +410,7 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
     np.random.seed(cfg.seed)
     model: torch.nn.Module = build_model(model_cfg).to(device)
     criterion = _loss_for(cfg, label_counts, model_cfg.num_classes).to(device)
-    opt = _optimizer(cfg, model)
+    opt = _optimizer(cfg, model, device)
     steps_per_epoch = -(-len(epoch_order(len(dataset), cfg.seed, 0, d)) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     sched = _schedule(cfg, opt, total_steps)
@@ -384,28 +448,31 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
                  count_parameters(model))
     t_start = time.perf_counter()
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else nullcontext
+    # cached sweeps live on the training device and batches are made there; otherwise DataLoader workers
+    # read, augment and pin them (same draws, same batches on the CPU)
+    resident = ResidentSweeps(dataset, device) if cfg.cache else None
+    window = _LossWindow(device)
+    last_save = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         dataset.set_epoch(epoch)
         order = epoch_order(len(dataset), cfg.seed, epoch, d)
         batches = [order[i: i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_sweeps,
-                                             num_workers=cfg.workers, persistent_workers=False)
+        if resident is not None:
+            loader: Any = (resident.batch(idx, epoch) for idx in batches)
+        else:
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=collate_sweeps,
+                                                 num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                                                 prefetch_factor=4 if cfg.workers else None)
         model.train()
-        sums = {"loss": 0.0, "ce": 0.0, "lovasz": 0.0, "negative": 0.0}
+        sums = np.zeros(4)
         n_batches, points, t_epoch, cpu_epoch = 0, 0, time.perf_counter(), time.process_time()
         for b, batch in enumerate(loader):
             pts = batch["points"].to(device, non_blocking=True)
             with autocast():
-                logits, _ = model(pts, batch["batch"].to(device), batch["batch_size"])
-            terms = criterion(logits, batch["label"].to(device), batch["candidate_mask"].to(device), batch["confidence"].to(device))
-            value = float(terms.total.detach())
-            parts = {"ce": float(terms.ce.detach()), "lovasz": float(terms.lovasz.detach()), "negative": float(terms.negative.detach())}
-            if _all_reduce_min(1.0 if math.isfinite(value) else 0.0, d) < 1.0:
-                raise NonFiniteLossError(
-                    f"non-finite loss at epoch {epoch + 1}, step {step + 1} (batch {b + 1} of the epoch, sweeps "
-                    f"{', '.join(batch['tokens'])}) on rank {d.rank}: total {value}, ce {parts['ce']}, "
-                    f"lovasz {parts['lovasz']}, negative {parts['negative']}; training stopped "
-                    f"(try a lower train.lr{' or train.amp: false' if amp else ''})")
+                logits, _ = model(pts, batch["batch"].to(device, non_blocking=True), batch["batch_size"])
+            terms = criterion(logits, batch["label"].to(device, non_blocking=True),
+                              batch["candidate_mask"].to(device, non_blocking=True),
+                              batch["confidence"].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             scaler.scale(terms.total).backward()
             scaler.step(opt)
@@ -413,18 +480,16 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
             sched.step()
             step += 1
             n_batches += 1
-            points += len(pts)
-            for k, v in (("loss", value), *parts.items()):
-                sums[k] += v
-            if writer is not None and (step % max(1, cfg.log_every) == 0 or step == 1):
-                writer.add_scalar("loss/total", value, step)
-                for k, v in parts.items():
-                    writer.add_scalar(f"loss/{k}", v, step)
-                writer.add_scalar("lr", opt.param_groups[0]["lr"], step)
+            points += sum(batch["counts"])
+            window.add(terms, step, b, batch["tokens"], opt.param_groups[0]["lr"])
+            if step % max(1, cfg.log_every) == 0:  # the only host syncs of the loop (besides spconv's own)
+                sums += window.flush(epoch, d, amp, writer, cfg.log_every)
+        sums += window.flush(epoch, d, amp, writer, cfg.log_every)  # waits for the epoch's last step
         secs = time.perf_counter() - t_epoch
-        record = {k: v / max(1, n_batches) for k, v in sums.items()}
+        record = dict(zip(("loss", "ce", "lovasz", "negative"), (sums / max(1, n_batches)).tolist()))
         record.update(epoch=epoch + 1, steps=step, seconds=secs, cpu_seconds=time.process_time() - cpu_epoch,
-                      points_per_s=points * d.world / max(secs, 1e-9))
+                      points=points * d.world, points_per_s=points * d.world / max(secs, 1e-9),
+                      ms_per_step=1000 * secs / max(1, n_batches))
         history.append(record)
         if d.main:
             if on_epoch_end is not None:
@@ -433,20 +498,23 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
                 extra = on_epoch_end(epoch + 1, net) or {}
                 net.train()
                 record.update(extra)
-            log.info("epoch %d/%d: loss %.4f (ce %.4f, lovasz %.4f, negative %.4f), %.1f s, %.0f points/s%s",
+            log.info("epoch %d/%d: loss %.4f (ce %.4f, lovasz %.4f, negative %.4f), %.1f s, %.1f ms/step, %.0f points/s%s",
                      epoch + 1, cfg.epochs, record["loss"], record["ce"], record["lovasz"], record["negative"], secs,
-                     record["points_per_s"], "".join(f", {k} {v:.4f}" for k, v in record.items() if k.startswith("val_")))
+                     record["ms_per_step"], record["points_per_s"],
+                     "".join(f", {k} {v:.4f}" for k, v in record.items() if k.startswith("val_")))
             if writer is not None:
                 for k, v in record.items():
                     if k == "loss" or k.startswith("val_"):
                         writer.add_scalar(f"epoch/{k}", v, epoch + 1)
                 writer.flush()
-            _atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1, "step": step,
-                          "history": history, "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                          "arch": model_cfg.to_dict()}, ckpt_path)
-            if os.environ.get(KILL_ENV) == str(epoch + 1):
-                os.kill(os.getpid(), signal.SIGKILL)
+            if epoch + 1 == cfg.epochs or time.perf_counter() - last_save >= cfg.checkpoint_every_s:
+                _atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1, "step": step,
+                              "history": history, "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
+                              "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                              "arch": model_cfg.to_dict()}, ckpt_path)
+                last_save = time.perf_counter()
+                if os.environ.get(KILL_ENV) == str(epoch + 1):
+                    os.kill(os.getpid(), signal.SIGKILL)
         _barrier(d)
     if writer is not None:
         writer.close()
@@ -454,6 +522,23 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
     net.eval()
     return TrainResult(net, cfg.epochs, step, time.perf_counter() - t_start, history, start_epoch, str(device), d.world,
                        count_parameters(net))
+
+
+def throughput(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Operational speed of a training job from its epoch records: points/s and ms/step over the epochs
+    after the first (the first pays spconv's kernel selection), or over the first when there is only
+    one; ``points_per_step`` for comparing with the isolated step of bench/bench_train_gpu.py, and
+    ``all_epochs_points_per_s`` with the first epoch included."""
+    timed = list(history[1:]) or list(history[:1])
+    secs = sum(h["seconds"] for h in timed)
+    steps = (timed[-1]["steps"] - (history[0]["steps"] if len(history) > 1 else 0)) if timed else 0
+    points = sum(h.get("points", 0) for h in timed)
+    all_secs = sum(h["seconds"] for h in history)
+    return {"epochs_timed": len(timed), "steps_timed": steps, "seconds_timed": secs,
+            "points_per_s": points / secs if secs > 0 else None,
+            "ms_per_step": 1000 * secs / steps if steps else None,
+            "points_per_step": points / steps if steps else None,
+            "all_epochs_points_per_s": sum(h.get("points", 0) for h in history) / all_secs if all_secs > 0 else None}
 
 
 def save_model(result: TrainResult, cfg: TrainConfig, path: str | os.PathLike, *, label_space: str,
@@ -478,47 +563,16 @@ def _data_fingerprint(dataset: SweepDataset) -> str:
     return h.hexdigest()
 
 
-def pseudolabel_quality(dataset: SweepDataset, num_classes: int) -> dict[str, Any] | None:
-    """How good the training labels are against ground truth, on the points they cover: confusion of
-    labelled points, coverage, candidate-set share, size and truth containment. None without truth."""
-    from lidarlift.groundtruth import point_truth
-    from lidarlift.classes import candidates_to_sets
-    from lidarlift.model.scores import confusion
-
-    samples = {s.token: s for s in dataset.manifest.samples}
-    cm = np.zeros((num_classes + 1, num_classes + 1), np.int64)
-    n = labelled = cand = cand_truth = cand_size = 0
-    full = (1 << num_classes) - 1
-    for i in range(len(dataset)):
-        sw = dataset.sweep(i)
-        truth = point_truth(dataset.manifest, samples[sw.token])
-        if truth is None:
-            return None
-        gt = truth.label.astype(np.int64)
-        lab = sw.label.astype(np.int64)
-        covered = lab > 0
-        cm += confusion(gt[covered], lab[covered], num_classes)
-        n += int((gt > 0).sum())
-        labelled += int((covered & (gt > 0)).sum())
-        cmask = sw.candidate_mask.astype(np.int64) & full
-        has_set = (~covered) & (cmask != 0) & (cmask != full) & (gt > 0)
-        if has_set.any():
-            sets = candidates_to_sets(cmask[has_set].astype(np.uint32), num_classes)
-            cand += int(has_set.sum())
-            cand_size += int(sets.sum())
-            cand_truth += int(sets[np.arange(len(sets)), gt[has_set] - 1].sum())
-    return {"confusion": cm.tolist(), "points": n, "labelled": labelled, "candidates": cand,
-            "candidate_contains_truth": cand_truth, "candidate_size_sum": cand_size}
-
-
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     """One training job. ``spec`` keys: ``train`` (config section), ``label_space``, ``manifest``,
     ``round`` (int or 'full'), ``label_source`` ('pseudolabels' with ``stores`` {shard: path}, or
-    'ground_truth' with ``shards``), ``model``, ``metrics``, ``out_dir`` (checkpoint), ``tensorboard``,
+    'ground_truth' with ``shards``), ``temporal`` (optional {shard: temporal store}: their intermediate
+    sweeps join the pseudo-labelled keyframes, ``train.temporal_sweeps`` per keyframe),
+    ``steps_of_temporal`` (optional, keyframes only: as many steps as with the temporal sweeps,
+    :func:`epochs_for_steps_of_temporal`), ``model``, ``metrics``, ``out_dir`` (checkpoint), ``tensorboard``,
     ``threads``. Returns the metrics (written by rank 0 only)."""
     from lidarlift.classes import label_space
     from lidarlift.manifest import Manifest
-    from lidarlift.model.scores import report
     from lidarlift.workflow import write_json
 
     space = label_space(spec["label_space"])
@@ -532,6 +586,12 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown label source {spec['label_source']!r}")
     if not refs:
         raise TrainingDataError("no training keyframes: the train split has no shards")
+    if spec.get("temporal"):
+        if spec["label_source"] != "pseudolabels":
+            raise ValueError("temporal labels join pseudo-label training only (label_source 'pseudolabels')")
+        refs += temporal_refs(manifest, spec["temporal"], cfg.temporal_sweeps)
+    elif spec.get("steps_of_temporal"):
+        cfg.epochs = epochs_for_steps_of_temporal(cfg, manifest, refs)
     augment = AugmentConfig.from_dict(cfg.augment)
     dataset = SweepDataset(manifest, refs, space.num_classes, augment=augment, seed=cfg.seed,
                            cache=cfg.cache, max_points=cfg.max_points)
@@ -541,25 +601,35 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     in_sync = _weights_in_sync(result.model)
     metrics: dict[str, Any] = {}
     if int(os.environ.get("RANK", "0")) == 0:
-        quality = pseudolabel_quality(dataset, space.num_classes) if spec["label_source"] == "pseudolabels" else None
         metrics = {
             "kind": "train", "round": spec["round"], "label_source": spec["label_source"], "label_space": space.name,
-            "classes": list(space.classes), "sweeps": len(dataset), "points": stats.points,
+            "classes": list(space.classes), "sweeps": len(dataset),
+            "temporal_sweeps": sum(r.label_kind == "temporal" for r in dataset.refs), "points": stats.points,
             "labelled_points": stats.labelled, "candidate_points": stats.candidates,
             "skipped_shards": stats.skipped_shards, "epochs": result.epochs, "steps": result.steps,
             "seconds": result.seconds, "resumed_from_epoch": result.resumed_from_epoch, "device": result.device,
             "world_size": result.world_size, "parameters": result.parameters, "ddp_weights_in_sync": in_sync,
             "final_loss": result.history[-1]["loss"] if result.history else None,
             "first_epoch_loss": result.history[0]["loss"] if result.history else None,
-            "history": result.history, "pseudolabels": quality,
+            "history": result.history, "throughput": throughput(result.history),
         }
-        if quality is not None:
-            metrics["pseudolabel_scores"] = report(np.array(quality["confusion"]), space.classes)
         save_model(result, cfg, spec["model"], label_space=space.name, classes=space.classes,
                    extra={"round": spec["round"], "label_source": spec["label_source"]})
         write_json(spec["metrics"], metrics)
     _barrier(Dist(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))))
     return metrics
+
+
+def epochs_for_steps_of_temporal(cfg: TrainConfig, manifest: Any, refs: Sequence[Any]) -> int:
+    """Epochs that give keyframe-only training (``refs``) as many optimizer steps as the same config takes
+    with ``train.temporal_sweeps`` of each keyframe's intermediate sweeps beside it (rule train_keyframes
+    with temporal.compare: steps): the config's epochs times the ratio of steps per epoch, rounded."""
+    from lidarlift.model.data import evenly_spaced
+
+    by_token = {s.token: s for s in manifest.samples}
+    with_sweeps = sum(1 + len(evenly_spaced(len(by_token[r.token].intermediate_sweeps), cfg.temporal_sweeps)) for r in refs)
+    per_epoch = (lambda n: -(-n // cfg.batch_size))  # noqa: E731
+    return max(1, round(cfg.epochs * per_epoch(with_sweeps) / max(1, per_epoch(len(refs)))))
 
 
 def _weights_in_sync(model: torch.nn.Module) -> bool | None:
@@ -596,12 +666,22 @@ def _stream_fd(stream: Any) -> Any:
         return None
 
 
-def train_job(spec: dict[str, Any], processes: int = 1) -> None:
+def train_job(spec: dict[str, Any], processes: int | None = None) -> None:
     """One ``train`` / ``train_full`` job: train in this process, or in ``processes`` DDP processes
     launched by torchrun (the spec travels as JSON next to the model). Lease GPUs before calling
-    (:func:`lidarlift.model.devices.leased_gpus`)."""
+    (:func:`lidarlift.gpu.job_gpus` with the job's Snakemake resource gpu): ``processes`` defaults to
+    one rank per leased device (1 without a lease) and, with a lease, must equal that number, so a job
+    given k GPUs runs k ranks, rank r on the r-th leased device."""
     import subprocess
 
+    from lidarlift.gpu import job_devices
+
+    leased = job_devices() or []
+    if processes is None:
+        processes = max(1, len(leased))
+    if leased and processes != len(leased):
+        raise ValueError(f"{processes} DDP processes for the {len(leased)} GPU(s) this job leased ({','.join(leased)}): "
+                         "a training job runs one rank per leased device")
     if processes <= 1:
         run_training(spec)
         return
@@ -614,63 +694,6 @@ def train_job(spec: dict[str, Any], processes: int = 1) -> None:
     proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out is not None else None, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"torchrun with {processes} processes failed (exit {proc.returncode}); see the log above")
-
-
-# -------------------------------------------------------------------------------------- summary
-
-def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """The summary key ``training`` from the train metrics (per round and 'full') and the per-shard
-    predict metrics (confusions summed per round and split before mIoU is taken)."""
-    from lidarlift.model.scores import chance_miou, miou, report
-
-    classes: list[str] = []
-    train_by_round: dict[Any, dict[str, Any]] = {}
-    cms: dict[tuple[Any, str], np.ndarray] = {}
-    predict_seconds: dict[Any, float] = {}
-    for m in metrics:
-        classes = m.get("classes") or classes
-        if m.get("kind") == "train":
-            train_by_round[m["round"]] = m
-        elif m.get("kind") == "predict":
-            predict_seconds[m["round"]] = predict_seconds.get(m["round"], 0.0) + float(m.get("seconds", 0.0))
-            if m.get("confusion") is not None:
-                key = (m["round"], m["split"])
-                cm = np.asarray(m["confusion"], dtype=np.int64)
-                cms[key] = cms[key] + cm if key in cms else cm
-    rounds = sorted(r for r in {*train_by_round, *(k[0] for k in cms)} if r != "full")
-
-    def split_miou(r: Any, split: str) -> float | None:
-        return miou(cms[(r, split)]) if (r, split) in cms else None
-
-    out: dict[str, Any] = {}
-    miou_rounds = [split_miou(r, "val") for r in rounds]
-    out["miou"] = miou_rounds[-1] if miou_rounds else None
-    out["miou_rounds"] = miou_rounds
-    out["miou_full_supervision"] = split_miou("full", "val")
-    out["ratio_to_full"] = (out["miou"] / out["miou_full_supervision"]
-                            if out["miou"] is not None and out["miou_full_supervision"] else None)
-    pl = [(train_by_round.get(r) or {}).get("pseudolabel_scores") or {} for r in rounds]
-    out["pseudolabel_miou"] = pl[-1].get("miou") if pl else None
-    out["pseudolabel_miou_rounds"] = [p.get("miou") for p in pl]
-    out["pseudolabel_coverage_rounds"] = [
-        ((train_by_round.get(r) or {}).get("pseudolabels") or {}).get("labelled", 0) / max(1, ((train_by_round.get(r) or {}).get("pseudolabels") or {}).get("points", 0))
-        if (train_by_round.get(r) or {}).get("pseudolabels") else None for r in rounds]
-    out["miou_train_split_rounds"] = [split_miou(r, "train") for r in rounds]
-    out["miou_train_split_full_supervision"] = split_miou("full", "train")
-    if rounds and (rounds[-1], "val") in cms:
-        out["chance_miou"] = chance_miou(cms[(rounds[-1], "val")])
-        final = report(cms[(rounds[-1], "val")], classes)
-        out["iou_per_class"] = final["iou"]
-        out["classes_present"] = final["classes_present"]
-        out["val_points"] = final["points"]
-    if ("full", "val") in cms:
-        out["iou_per_class_full_supervision"] = report(cms[("full", "val")], classes)["iou"]
-    out["train_seconds_rounds"] = [(train_by_round.get(r) or {}).get("seconds") for r in rounds]
-    out["train_seconds_full_supervision"] = (train_by_round.get("full") or {}).get("seconds")
-    out["predict_seconds_rounds"] = [predict_seconds.get(r) for r in rounds]
-    out["final_loss_rounds"] = [(train_by_round.get(r) or {}).get("final_loss") for r in rounds]
-    out["device"] = next((m.get("device") for m in train_by_round.values()), None)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,15 +108,18 @@ class Voxels:
 
 
 def voxelize(points: torch.Tensor, batch: torch.Tensor, batch_size: int, cfg: UNetConfig) -> Voxels:
-    """Assign every point to a voxel.
+    """Assign every point to a voxel, on the points' device.
 
-    points: (P, >=3) float, lidar frame metres; batch: (P,) int64 sweep index 0..batch_size-1.
+    points: (P, >=3) float, lidar frame metres; batch: (P,) int64 sweep index 0..batch_size-1. The grid
+    bounds enter as Python numbers (a small host tensor copied to the GPU would wait for queued work);
+    the one host sync is ``torch.unique``'s output size, which the sparse convolutions need anyway.
     """
-    lo = torch.tensor(cfg.point_range[:3], dtype=points.dtype, device=points.device)
-    shape = torch.tensor(cfg.spatial_shape(), device=points.device)
-    grid = torch.floor((points[:, :3] - lo) / cfg.voxel_size).long()
-    grid = torch.minimum(torch.clamp(grid, min=0), shape - 1)
-    key = ((batch.long() * shape[0] + grid[:, 0]) * shape[1] + grid[:, 1]) * shape[2] + grid[:, 2]
+    shape = cfg.spatial_shape()
+    cols = []
+    for axis in range(3):
+        g = torch.floor((points[:, axis] - cfg.point_range[axis]) / cfg.voxel_size).long()
+        cols.append(g.clamp_(0, shape[axis] - 1))
+    key = ((batch.long() * shape[0] + cols[0]) * shape[1] + cols[1]) * shape[2] + cols[2]
     uniq, inverse = torch.unique(key, return_inverse=True)
     z = uniq % shape[2]
     rest = uniq // shape[2]
