@@ -20,11 +20,19 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -c "import cv2; cv2.ximgproc.createSuperpixelSEEDS(64, 64, 3, 16, 2)"
 	touch $(STAMP)
 
-# System libraries: open3d's (libgl1, libegl1, libusb-1.0-0, libx11-6) and Chromium for the report's
-# headless check. Best effort: without root or apt the Chromium test is skipped with its reason.
+# System packages: open3d's libraries (libgl1, libegl1, libusb-1.0-0, libx11-6), Chromium for the report's
+# headless check, and SLURM for tests/test_slurm.py (a single-node cluster that tests/slurm/local_cluster.py
+# starts; slurmdbd + MariaDB because sacct needs the accounting database). Best effort: without root or
+# apt, the tests that need them are skipped with the reason.
+SLURM_PACKAGES := munge slurmctld slurmd slurm-client slurmdbd mariadb-server
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq chromium libgl1 libegl1 libusb-1.0-0 libx11-6 >/dev/null || true; fi
+	@missing=$$(for p in $(SLURM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing for the SLURM test: $$missing"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; } \
+			|| echo "could not install $$missing: tests/test_slurm.py will be skipped"; fi
 
 install: $(STAMP)
 
