@@ -5,6 +5,9 @@
     lidarlift shards [CONFIG]                                 the shard names the DAG will use
     lidarlift synth [CONFIG] [--dataroot DIR]                 generate the synthetic world
     lidarlift manifest [CONFIG] --out results/manifest.json   read the dataset into the manifest
+    lidarlift clicks next [CONFIG] --share 0.0005 [--clicks answered.tsv ...]
+                                                              write results/clicks/next.tsv: the points to click next
+    lidarlift clicks merge FILE ... --out clicks.tsv          answered clicks files -> one clicks file
 
 The workflow itself runs through Snakemake (``snakemake --profile profiles/default``); this CLI is for
 single steps outside it and for checking configs.
@@ -78,6 +81,64 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clicks_next(args: argparse.Namespace) -> int:
+    from lidarlift.pseudolabels.active import next_clicks
+
+    cfg = _config(args)
+    res = Path(args.results)
+    manifest = res / "manifest.json"
+    if not manifest.exists():
+        raise ConfigError(f"{manifest} does not exist: run the workflow up to the masks first (snakemake {res}/masks/<shard>.zarr)")
+    from lidarlift.manifest import Manifest
+
+    shards = args.shards.split(",") if args.shards else Manifest.from_json(manifest).shards
+    stages = ("associate", "presegment", "superpixels", "masks")
+
+    from lidarlift.pseudolabels.clicks import ClickError
+
+    def stores(shard: str) -> dict[str, str]:
+        paths = {k: str(res / k / f"{shard}.zarr") for k in stages}
+        missing = [p for p in paths.values() if not Path(p).exists()]
+        if missing:
+            raise ConfigError(f"shard {shard}: missing stores {missing}; make them first (snakemake {' '.join(missing)})")
+        return paths
+
+    def predict(shard: str) -> str | None:
+        return None if args.predict_round is None else str(res / "predict" / f"r{args.predict_round}" / f"{shard}.zarr")
+
+    out = Path(args.out) if args.out else res / "clicks" / "next.tsv"
+    try:
+        n = next_clicks(manifest, shards, stores, args.share, out, cfg["pseudolabels"], args.clicks or [], predict)
+    except ClickError as e:
+        raise ConfigError(str(e)) from None
+    print(f"wrote {out}: {sum(n.values())} points to click in {len(n)} keyframes; fill its class column "
+          "(class name, 1..K or ignore) and pass it to the next round with --clicks, or set pseudolabels.clicks.file")
+    return 0
+
+
+def cmd_clicks_merge(args: argparse.Namespace) -> int:
+    from lidarlift.classes import label_space
+    from lidarlift.datasets.readers import read_lidar
+    from lidarlift.manifest import Manifest
+    from lidarlift.pseudolabels import clicks as ck
+
+    manifest = Manifest.from_json(args.manifest)
+    space = label_space(manifest.label_space)
+    counts = {s.token: len(read_lidar(manifest.resolve(s.lidar.path), s.lidar.fmt, s.token)) for s in manifest.samples}
+    merged = {t: ck.SampleClicks.empty() for t in counts}
+    for path in args.files:
+        try:
+            answered = ck.read_clicks(path, space, counts)
+        except ck.ClickError as e:
+            raise ConfigError(str(e)) from None
+        for t, c in answered.items():
+            merged[t] = merged[t].merged(c)
+    merged = {t: c for t, c in merged.items() if len(c.asked)}
+    ck.write_clicks(args.out, merged, space)
+    print(f"wrote {args.out}: {sum(len(c) for c in merged.values())} clicks in {len(merged)} keyframes")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lidarlift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,6 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("manifest", help="read the dataset into the manifest (lidarlift.datasets.build_manifest)"))
     sp.add_argument("--out", default="results/manifest.json", help="manifest path (default: results/manifest.json)")
     sp.set_defaults(func=cmd_manifest)
+
+    clicks = sub.add_parser("clicks", help="active clicks for a person: the points to click next, and answered files")
+    csub = clicks.add_subparsers(dest="clicks_command", required=True, metavar="ACTION")
+    sp = with_config(csub.add_parser("next", help="write the next-clicks file (lidarlift.pseudolabels.active.next_clicks)"))
+    sp.add_argument("--results", default="results", help="the run's results folder (manifest and upstream stores)")
+    sp.add_argument("--share", type=float, required=True, help="this round's clicks as a share of each keyframe's points")
+    sp.add_argument("--clicks", action="append", metavar="FILE", help="clicks answered so far (repeatable; answered next-clicks files are such files)")
+    sp.add_argument("--shards", default="", help="comma-separated shards (default: every shard of the manifest)")
+    sp.add_argument("--predict-round", type=int, default=None, help="also ask where this round's network disagrees with the propagation")
+    sp.add_argument("--out", default=None, help="default: <results>/clicks/next.tsv")
+    sp.set_defaults(func=cmd_clicks_next)
+    sp = csub.add_parser("merge", help="merge answered clicks files into one clicks file (pseudolabels.clicks.file)")
+    sp.add_argument("files", nargs="+", help="clicks files or answered next-clicks files")
+    sp.add_argument("--manifest", default="results/manifest.json")
+    sp.add_argument("--out", required=True)
+    sp.set_defaults(func=cmd_clicks_merge)
     return p
 
 

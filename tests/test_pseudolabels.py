@@ -11,7 +11,7 @@ from lidarlift.classes import NUSCENES16, candidate_bit, candidates_to_sets
 from lidarlift.pseudolabels import annotation_free as af
 from lidarlift.pseudolabels import clicks as ck
 from lidarlift.pseudolabels.estep import EStepParams, calibrate, dynamic_threshold_label, estep
-from lidarlift.pseudolabels.metrics import label_counts, panoptic_counts, panoptic_quality, ratios
+from lidarlift.evaluate.pseudolabels import pseudolabel_counts, pseudolabel_figures
 from lidarlift.pseudolabels.propagate import (CANDIDATES, CLICK, NETWORK, PROPAGATED, Evidence, GraphParams, Labels,
                                               iupc_propagate, minimax_to_groups, ours_propagate)
 from lidarlift.pseudolabels.simulate2d import Corruption, simulate_map
@@ -19,6 +19,35 @@ from lidarlift.pseudolabels.simulate2d import Corruption, simulate_map
 S = NUSCENES16
 CAR, PED, ROAD, WALL, VEG, TRUCK = (S.index(n) for n in ("car", "pedestrian", "driveable_surface", "manmade", "vegetation", "truck"))
 SENSOR_Z = -1.8  # ground height in the lidar frame
+
+
+def _table(knots, llr):
+    return {"knots": knots, "llr": llr, "unseen": 0.0}
+
+
+#: A fixed, hand-written evidence model for the hand-built scenes, so that these tests check the
+#: propagation's mechanics, not the numbers fitted on the tuning world (bench/fit_tuning.py): its masks
+#: separate touching objects, as SAM's do (5 nats for two masks, weight 2), where the fitted default
+#: gives the weight-free masks, which follow the pre-segments, weight 0.
+HAND_LOG_ODDS = {
+    "ground": {"prior": -3.35, "distance": _table([0, 0.25, 0.5, 1, 1.5, 2, 3], [-2.3, -0.6, 0.2, 0.8, 1.2, 1.35, 2.2]),
+               "height": _table([0, 0.01, 0.02, 0.05, 0.1, 0.2], [-0.8, 0.25, 2.45, 3.6, 4.0, 6.0]),
+               "intensity": _table([0, 1, 2, 4, 8], [-1.5, -1.25, -0.15, 3.0, 3.7]),
+               "color": _table([0, 0.5, 5, 10, 20, 40], [-3.5, -2.1, -0.6, 1.0, 2.0, 2.1]),
+               "superpixel": {"unseen": 0.0, "differ": 0.6, "same": -0.9}},
+    "object": {"prior": -4.3, "distance": _table([0, 0.25, 0.5, 1, 1.5, 2, 3], [-5.7, -3.2, -1.5, 0.95, 2.35, 3.1, 5.3]),
+               "intensity": _table([0, 1, 2, 4, 8, 16], [-1.75, -1.45, -0.15, 1.8, 1.3, 2.0]),
+               "color": _table([0, 0.5, 5, 10, 20, 40], [-4.0, -2.75, -0.3, 0.9, 1.5, 2.15]),
+               "superpixel": {"unseen": 0.0, "differ": 0.45, "same": -1.4},
+               "mask": {"unseen": 0.0, "differ": 5.0, "same": -1.45, "apart": 0.5},
+               "segment": {"differ": 4.9, "same": -1.3, "noise": 3.9}},
+    "mixed": {"prior": 0.45, "distance": _table([0, 0.25, 0.5, 1, 1.5, 2, 3], [-4.0, -0.8, -0.7, 0.4, 1.3, 2.35, 2.4]),
+              "intensity": _table([0, 1, 2, 4, 8, 16], [-1.8, -1.5, -0.55, 1.0, 0.8, 2.0]),
+              "color": _table([0, 0.5, 5, 10, 20, 40], [-3.4, -2.4, -1.0, 0.0, 0.8, 1.1]),
+              "superpixel": {"unseen": 0.0, "differ": 0.3, "same": -1.35}},
+}
+HAND = GraphParams(w_distance=1.0, w_height=1.0, w_intensity=1.0, w_color=1.0, w_superpixel=0.5, w_mask=2.0, w_segment=1.0,
+                   label_cost=-1.0, margin=1.0, margin_flat=2.0, candidate_cost=1.0)
 
 
 def plane(x0, x1, y0, y1, step=0.25, holes=()):
@@ -74,8 +103,10 @@ class Scene:
 
     def evidence(self):
         n = len(self.xyz)
+        # hand-built points have no beam structure to measure: a 32-beam sensor's spacing (1.33 deg)
         return Evidence(xyz=self.xyz, ground=self.ground, segment_id=np.where(self.ground, -1, self.segment),
-                        ground_cell=np.where(self.ground, 0, -1).astype(np.int32), fov=np.ones(n, bool), mask=self.mask)
+                        ground_cell=np.where(self.ground, 0, -1).astype(np.int32), fov=np.ones(n, bool), mask=self.mask,
+                        spacing=np.full(n, np.radians(4 / 3)))
 
 
 @pytest.fixture
@@ -160,7 +191,7 @@ def test_ours_two_touching_cars_get_two_instances(cars):
     s = cars
     a, b = first(s.car_a, s.label, CAR), first(s.car_b, s.label, CAR)
     clicks = np.array([a, b, s.road.start])
-    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, HAND, HAND_LOG_ODDS)
     assert (out.label[s.car_a.start:] == CAR).all() and (out.label[s.road] == ROAD).mean() > 0.97
     ia, ib = out.instance_id[s.car_a], out.instance_id[s.car_b]
     assert len(np.unique(ia)) == 1 and len(np.unique(ib)) == 1 and ia[0] != ib[0] and ia[0] > 0
@@ -171,7 +202,7 @@ def test_ours_pedestrian_in_front_of_wall(pedestrian_wall):
     click-free tree is not labelled, and its candidate set (non-ground prior) still holds vegetation."""
     s = pedestrian_wall
     clicks = np.array([s.wall.start, s.ped.start + 5, s.road.start])
-    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, HAND, HAND_LOG_ODDS)
     assert (out.label[s.wall] == WALL).mean() > 0.97 and not (out.label[s.wall] == PED).any()
     assert (out.label[s.ped] == PED).mean() > 0.97 and not (out.label[s.ped] == WALL).any()
     assert (out.label[s.road] == ROAD).mean() > 0.97
@@ -184,7 +215,7 @@ def test_ours_wall_click_does_not_leak_onto_pedestrian(pedestrian_wall):
     """Ours: with only the wall clicked, the pedestrian's points (another mask) get no manmade label."""
     s = pedestrian_wall
     clicks = np.array([s.wall.start, s.road.start])
-    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, HAND, HAND_LOG_ODDS)
     assert (out.label[s.wall] == WALL).mean() > 0.95
     assert not (out.label[s.ped] == WALL).any()
 
@@ -318,10 +349,8 @@ def test_annotation_free_touching_cars_ours_vs_pointsam(cars):
     assert (ours.label[s.road] == ROAD).all()
     ia, ib = np.unique(ours.instance_id[s.car_a]), np.unique(ours.instance_id[s.car_b])
     assert len(ia) == 1 and len(ib) == 1 and ia[0] != ib[0]
-    pq = panoptic_quality(panoptic_counts(ours.label, ours.instance_id, s.label, s.instance, [CAR]), ["car"])
-    assert pq["pq"] == pytest.approx(1.0)
-    pq_b = panoptic_quality(panoptic_counts(base.label, base.instance_id, s.label, s.instance, [CAR]), ["car"])
-    assert pq_b["pq"] < 0.5
+    assert pq_things(ours, s.label, s.instance) == pytest.approx(1.0)
+    assert pq_things(base, s.label, s.instance) < 0.5
 
 
 def test_annotation_free_occluded_wall_points_do_not_join_pedestrian(pedestrian_wall):
@@ -427,8 +456,16 @@ def test_estep_candidates_clicks_win_and_round():
 # ---------------------------------------------------------------------------------------------- metrics
 
 
+def pq_things(labels: Labels, truth: np.ndarray, instance: np.ndarray, min_points: int = 15) -> float | None:
+    """PQ over the thing classes of ``labels`` against truth, as the evaluation measures it."""
+    key = np.where(instance > 0, 2 * instance + 1, 2 * truth.astype(np.int64))
+    c = pseudolabel_counts(labels.label, labels.candidate_mask, labels.source, labels.instance_id, truth, key, S, min_points)
+    return pseudolabel_figures(c, S, min_points)["pq_things"]
+
+
 def test_label_counts_and_ratios():
-    """Precision counts only judged points (truth > 0); candidate sets count when they hold the truth."""
+    """Precision counts only judged points (truth > 0); shares are of scored points; candidate sets
+    count when they hold the truth."""
     k = S.num_classes
     lab = Labels.unknown(5, k)
     lab.label[:3] = [CAR, CAR, ROAD]
@@ -436,25 +473,29 @@ def test_label_counts_and_ratios():
     lab.candidate_mask[3] = candidate_bit(CAR) | candidate_bit(PED)
     lab.source[3] = CANDIDATES
     truth = np.array([CAR, PED, 0, PED, ROAD], np.uint8)
-    c = label_counts(lab, truth, S)
-    r = ratios(c, S)
-    assert r["labelled_share"] == pytest.approx(3 / 5) and r["precision"] == pytest.approx(1 / 2)
-    assert r["candidate_share"] == pytest.approx(1 / 5) and r["candidate_contains_truth"] == 1.0
+    c = pseudolabel_counts(lab.label, lab.candidate_mask, lab.source, lab.instance_id, truth, truth.astype(np.int64), S)
+    r = pseudolabel_figures(c, S)
+    assert r["labelled_share"] == pytest.approx(2 / 4) and r["precision"] == pytest.approx(1 / 2)
+    assert r["candidate_share"] == pytest.approx(1 / 4) and r["candidate_contains_truth"] == 1.0
     assert r["mean_candidate_set_size"] == 2
-    assert r["iupc_table"]["sparse"] == pytest.approx(1 / 5)
-    assert r["per_class"]["car"]["precision"] == pytest.approx(0.5)
+    assert r["click_share"] == pytest.approx(1 / 5) and r["iupc_table"]["sparse"] == pytest.approx(1 / 5)
+    assert r["per_class"]["car"]["precision"] == pytest.approx(0.5) and r["per_class"]["pedestrian"]["recall"] == 0
+    assert r["min_class_recall"] == 0.0 and r["per_class"]["car"]["recall"] == 1.0
 
 
 def test_panoptic_counts_known_answer():
     """One matched instance (IoU 0.8), one missed, one false positive: PQ = 0.8 * 1/2."""
     true_l = np.array([CAR] * 10 + [CAR] * 20 + [ROAD] * 20, np.uint8)
     true_i = np.array([1] * 10 + [2] * 20 + [0] * 20)
-    pred_l = np.array([CAR] * 8 + [0] * 2 + [0] * 20 + [CAR] * 20, np.uint8)
-    pred_i = np.array([5] * 8 + [0] * 22 + [9] * 20)
-    c = panoptic_counts(pred_l, pred_i, true_l, true_i, [CAR], min_points=5)
-    assert c["tp"] == [1] and c["fn"] == [1] and c["fp"] == [1]
-    q = panoptic_quality(c, ["car"])
-    assert q["sq"] == pytest.approx(0.8) and q["rq"] == pytest.approx(0.5) and q["pq"] == pytest.approx(0.4)
+    lab = Labels.unknown(50, S.num_classes)
+    lab.label[:] = np.array([CAR] * 8 + [0] * 2 + [0] * 20 + [CAR] * 20, np.uint8)
+    lab.instance_id[:] = np.array([5] * 8 + [0] * 22 + [9] * 20)
+    key = np.where(true_i > 0, 2 * true_i + 1, 2 * true_l.astype(np.int64))
+    c = pseudolabel_counts(lab.label, lab.candidate_mask, lab.source, lab.instance_id, true_l, key, S, min_points=5)
+    q = pseudolabel_figures(c, S, min_points=5)
+    car = q["pq_per_class"]["car"]
+    assert (car["tp"], car["fn"], car["fp"]) == (1, 1, 1)
+    assert q["sq_things"] == pytest.approx(0.8) and q["rq_things"] == pytest.approx(0.5) and q["pq_things"] == pytest.approx(0.4)
 
 
 def test_user_2d_maps_and_their_class_declaration(tmp_path):
@@ -482,3 +523,29 @@ def test_user_2d_maps_and_their_class_declaration(tmp_path):
         read_map(tmp_path, "cam0", (4, 6), table[:2])
     with pytest.raises(Semantic2DError, match="missing or unreadable"):
         read_map(tmp_path, "cam9", (4, 6), table)
+
+
+def test_hand_model_is_in_the_log_odds_file_format(tmp_path):
+    """The tests' hand-written model is a valid log-odds file (the format the fitted file has)."""
+    import json
+
+    from lidarlift.pseudolabels.propagate import load_log_odds
+
+    path = tmp_path / "log_odds.json"
+    path.write_text(json.dumps({"header": {}, "log_odds": HAND_LOG_ODDS}))
+    assert load_log_odds(path) == HAND_LOG_ODDS
+
+
+def test_shipped_model_labels_clicked_cars_and_nothing_wrong(cars, pedestrian_wall):
+    """The fitted defaults (log_odds.json and GraphParams()): both clicked touching cars and the road are
+    labelled with their classes; where wall and pedestrian share a pre-segment and the (fitted,
+    weight-free) masks add nothing, no point gets a wrong class."""
+    s = cars
+    clicks = np.array([first(s.car_a, s.label, CAR), first(s.car_b, s.label, CAR), s.road.start])
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    assert (out.label[s.car_a.start:] == CAR).mean() > 0.97 and (out.label[s.road] == ROAD).mean() > 0.97
+    s = pedestrian_wall
+    clicks = np.array([s.wall.start, s.ped.start + 5, s.road.start])
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    assert not ((out.label > 0) & (out.label != s.label)).any()
+    assert (out.label[s.road] == ROAD).mean() > 0.97

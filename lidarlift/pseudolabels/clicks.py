@@ -11,7 +11,11 @@ format is how a user supplies real clicks::
 
 ``sample_token`` is the nuScenes sample token (the manifest's ``SampleRecord.token``), ``point_index``
 the 0-based row of the point in the keyframe's LiDAR file, ``class`` a class name of the label space
-(``lidarlift.classes``) or its 1-based index. Lines starting with ``#`` and blank lines are skipped.
+(``lidarlift.classes``) or its 1-based index, or ``ignore`` for a point of no class (noise): it was
+asked, so it is not asked again, and it labels nothing. Lines starting with ``#`` and blank lines are
+skipped. A header line names the columns; other columns are allowed and skipped, so the next-clicks
+file the active protocol writes (:func:`write_next_clicks`: sample_token, point_index, x, y, z, reason,
+class) is itself a clicks file once its class column is filled (rows left empty are not answered yet).
 
 Simulated protocols (seeded per sample token, so every run and round gets the same clicks):
 
@@ -19,6 +23,8 @@ Simulated protocols (seeded per sample token, so every run and round gets the sa
   every ground cell and every non-ground pre-segment gets one click per class it contains, after IUPC's
   filters (clusters under 5 / 10 / 20 points skipped, minority classes under 0.1 % / 1 % / 10 % of a
   cluster dropped, depending on thing content). About 0.8 % of points on nuScenes.
+- ``active``: :mod:`.active` chooses the points from the evidence in rounds; the annotator answers
+  each round's next-clicks file (:mod:`.annotator`).
 - ``budget``: a given share of the keyframe's points (stochastic rounding, so the expected share is
   exact), spread as an annotator would: regions are the ground-truth objects and the connected stuff
   regions of each class; every region of at least ``min_region_points`` points gets one click, largest
@@ -30,9 +36,9 @@ from __future__ import annotations
 
 import heapq
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -42,7 +48,9 @@ from scipy.spatial import cKDTree
 from lidarlift.classes import LabelSpace
 
 CLICKS_HEADER = ("sample_token", "point_index", "class")
-PROTOCOLS = ("budget", "iupc", "file")
+NEXT_HEADER = ("sample_token", "point_index", "x", "y", "z", "reason", "class")
+IGNORE = "ignore"  # the answer for a point of no class of the label space
+PROTOCOLS = ("budget", "iupc", "active", "file")
 
 
 class ClickError(ValueError):
@@ -51,10 +59,12 @@ class ClickError(ValueError):
 
 @dataclass
 class SampleClicks:
-    """Clicks of one keyframe: ``point_index`` (n,) int64 rows of the keyframe, ``label`` (n,) uint8 1..K."""
+    """Clicks of one keyframe: ``point_index`` (n,) int64 rows of the keyframe, ``label`` (n,) uint8 1..K;
+    ``ignored`` (m,) int64 rows asked and answered ``ignore`` (no class; they label nothing)."""
 
     point_index: np.ndarray
     label: np.ndarray
+    ignored: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @staticmethod
     def empty() -> "SampleClicks":
@@ -62,6 +72,29 @@ class SampleClicks:
 
     def __len__(self) -> int:
         return len(self.point_index)
+
+    @property
+    def asked(self) -> np.ndarray:
+        """(n + m,) int64 every row asked: clicked or answered ``ignore``."""
+        return np.union1d(self.point_index, self.ignored)
+
+    def merged(self, other: "SampleClicks") -> "SampleClicks":
+        """These clicks and ``other``'s (sorted by row); a row clicked in both keeps ``other``'s class."""
+        idx = np.concatenate([self.point_index, other.point_index])
+        lab = np.concatenate([self.label, other.label])
+        last = len(idx) - 1 - np.unique(idx[::-1], return_index=True)[1]  # the later answer wins
+        ignored = np.setdiff1d(np.union1d(self.ignored, other.ignored), idx)
+        return SampleClicks(idx[last].astype(np.int64), lab[last].astype(np.uint8), ignored.astype(np.int64))
+
+
+def click_count(share: float, n_points: int, rng: np.random.Generator) -> int:
+    """Clicks on ``share`` of ``n_points`` by stochastic rounding (one draw of ``rng``), so the expected
+    share is exact; the budget and the active protocol draw it the same way, so one seed and share give
+    both the same number of clicks per keyframe."""
+    if not 0 <= share <= 1:
+        raise ClickError(f"config key pseudolabels.clicks.share: {share} is not a share in 0..1")
+    want = share * n_points
+    return int(np.floor(want)) + int(rng.random() < want - np.floor(want))
 
 
 def click_rng(seed: int, sample_token: str) -> np.random.Generator:
@@ -123,11 +156,8 @@ def budget_clicks(xyz: np.ndarray, label: np.ndarray, instance: np.ndarray, spac
         share: clicks / points, e.g. 0.001 for 0.1 %.
         rng: the annotator's random stream (:func:`click_rng`).
     """
-    if not 0 <= share <= 1:
-        raise ClickError(f"config key pseudolabels.clicks.share: {share} is not a share in 0..1")
     n_points = len(label)
-    want = share * n_points
-    n_clicks = int(np.floor(want)) + int(rng.random() < want - np.floor(want))
+    n_clicks = click_count(share, n_points, rng)
     if n_clicks == 0:
         return SampleClicks.empty()
     thing = space.thing_mask[label] & (instance > 0)
@@ -238,30 +268,84 @@ def iupc_clicks(label: np.ndarray, ground: np.ndarray, segment_id: np.ndarray, g
 
 
 def _class_name(space: LabelSpace, c: int) -> str:
-    return space.classes[int(c) - 1]
+    return space.classes[int(c) - 1] if int(c) > 0 else IGNORE
 
 
-def write_clicks(path: str | Path, clicks: dict[str, SampleClicks], space: LabelSpace) -> None:
-    """Write clicks (sample token -> :class:`SampleClicks`, in the given order) as a clicks file."""
-    path = Path(path)
+def _write_lines(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# lidarlift clicks v1, label space {space.name}", "\t".join(CLICKS_HEADER)]
-    for token, c in clicks.items():
-        lines += [f"{token}\t{int(i)}\t{_class_name(space, l)}" for i, l in zip(c.point_index, c.label)]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(path)
 
 
+def write_clicks(path: str | Path, clicks: dict[str, SampleClicks], space: LabelSpace) -> None:
+    """Write clicks (sample token -> :class:`SampleClicks`, in the given order) as a clicks file; rows
+    answered ``ignore`` follow each sample's clicks."""
+    lines = [f"# lidarlift clicks v1, label space {space.name}", "\t".join(CLICKS_HEADER)]
+    for token, c in clicks.items():
+        lines += [f"{token}\t{int(i)}\t{_class_name(space, l)}" for i, l in zip(c.point_index, c.label)]
+        lines += [f"{token}\t{int(i)}\t{IGNORE}" for i in c.ignored]
+    _write_lines(Path(path), lines)
+
+
+def write_next_clicks(path: str | Path, proposals: dict[str, tuple[np.ndarray, np.ndarray, list[str]]],
+                      space: LabelSpace) -> None:
+    """Write the next-clicks file: one row per proposed point with an empty class column to fill.
+
+    ``proposals``: sample token -> (point_index (n,) int64, xyz (n, 3) float lidar frame of the
+    keyframe's file, reason (n,) str). Once answered it is a clicks file (:func:`read_clicks`).
+    """
+    lines = [f"# lidarlift next clicks v1, label space {space.name}: fill the class column with a class name "
+             f"({', '.join(space.classes)}), its index 1..{space.num_classes}, or {IGNORE} for a point of no class",
+             "\t".join(NEXT_HEADER)]
+    for token, (index, xyz, reason) in proposals.items():
+        for i, p, r in zip(index, xyz, reason):
+            lines.append(f"{token}\t{int(i)}\t{p[0]:.3f}\t{p[1]:.3f}\t{p[2]:.3f}\t{r}\t")
+    _write_lines(Path(path), lines)
+
+
+def fill_next_clicks(path: str | Path, answer: Callable[[str, np.ndarray], np.ndarray], space: LabelSpace) -> int:
+    """Fill the empty class cells of a next-clicks file in place: ``answer(sample_token, point_index (n,)
+    int64) -> (n,) class 1..K, or 0 for ignore``. Returns the number of cells filled."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    header, rows = None, []
+    for k, raw in enumerate(lines):
+        if not raw.strip() or raw.lstrip().startswith("#"):
+            continue
+        fields = raw.split("\t")
+        if header is None:
+            header = [f.strip().lower() for f in fields]
+            if tuple(header) != NEXT_HEADER:
+                raise ClickError(f"next-clicks file {path}, line {k + 1}: expected the header {NEXT_HEADER}")
+            continue
+        fields += [""] * (len(NEXT_HEADER) - len(fields))
+        if not fields[-1].strip():
+            rows.append((k, fields))
+    by_token: dict[str, list[tuple[int, list[str]]]] = {}
+    for k, fields in rows:
+        by_token.setdefault(fields[0].strip(), []).append((k, fields))
+    for token, items in by_token.items():
+        classes = answer(token, np.asarray([int(f[1]) for _, f in items], np.int64))
+        for (k, fields), c in zip(items, classes):
+            lines[k] = "\t".join(fields[:-1] + [_class_name(space, int(c))])
+    _write_lines(path, lines)
+    return len(rows)
+
+
 def _parse_class(value: str, space: LabelSpace, where: str) -> int:
+    """1..K, or 0 for ``ignore``."""
     value = value.strip()
+    if value.lower() == IGNORE:
+        return 0
     if value.isdigit():
         c = int(value)
         if not 1 <= c <= space.num_classes:
             raise ClickError(f"{where}: class index {c} is outside 1..{space.num_classes} of label space {space.name!r}")
         return c
     if value not in space.classes:
-        raise ClickError(f"{where}: unknown class {value!r} in label space {space.name!r}; known: {', '.join(space.classes)}")
+        raise ClickError(f"{where}: unknown class {value!r} in label space {space.name!r}; known: "
+                         f"{', '.join(space.classes)} (or {IGNORE})")
     return space.classes.index(value) + 1
 
 
@@ -270,7 +354,9 @@ def read_clicks(path: str | Path, space: LabelSpace, points_per_sample: dict[str
     """Read and check a clicks file; returns the clicks of the samples in ``points_per_sample``.
 
     Args:
-        path: the clicks file.
+        path: the clicks file (three columns, or any columns named by a header line that holds
+            sample_token, point_index and class, as the next-clicks file does; rows with an empty class
+            are not answered yet and are skipped).
         space: label space the class names refer to.
         points_per_sample: sample token -> number of keyframe points, for the samples wanted (a shard);
             every wanted sample is in the result (with no clicks if the file has none for it).
@@ -286,26 +372,33 @@ def read_clicks(path: str | Path, space: LabelSpace, points_per_sample: dict[str
         raise ClickError(f"clicks file {path} does not exist")
     known = set(known_tokens) if known_tokens is not None else set(points_per_sample)
     rows: dict[str, dict[int, int]] = {t: {} for t in points_per_sample}
-    header_seen = False
+    columns: list[str] | None = None
     for lineno, raw in enumerate(path.read_text().splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         fields = [f.strip() for f in raw.split("\t")] if "\t" in raw else line.split()
         where = f"clicks file {path}, line {lineno}"
-        if not header_seen:
-            header_seen = True
-            if tuple(f.lower() for f in fields) == CLICKS_HEADER:
+        if columns is None:
+            names = [f.lower() for f in fields]
+            if set(CLICKS_HEADER) <= set(names):
+                columns = names
                 continue
-        if len(fields) != 3:
-            raise ClickError(f"{where}: expected 3 fields ({', '.join(CLICKS_HEADER)}), got {len(fields)}: {raw!r}")
-        token, index, cls = fields
+            columns = list(CLICKS_HEADER)
+        if len(fields) == len(columns) - 1 and columns[-1] == "class":
+            fields.append("")  # an editor dropped the trailing tab of an unanswered row
+        if len(fields) != len(columns):
+            raise ClickError(f"{where}: expected {len(columns)} fields ({', '.join(columns)}), got {len(fields)}: {raw!r}")
+        row = dict(zip(columns, fields))
+        token, index, cls = row["sample_token"], row["point_index"], row["class"]
         if token not in known:
             raise ClickError(f"{where}: sample {token!r} is not in the dataset (manifest)")
         try:
             i = int(index)
         except ValueError:
             raise ClickError(f"{where}: point index {index!r} is not an integer") from None
+        if not cls:
+            continue  # not answered yet
         c = _parse_class(cls, space, where)
         if token not in rows:
             continue
@@ -318,6 +411,7 @@ def read_clicks(path: str | Path, space: LabelSpace, points_per_sample: dict[str
         rows[token][i] = c
     out = {}
     for token, d in rows.items():
-        idx = np.asarray(sorted(d), np.int64)
-        out[token] = SampleClicks(idx, np.asarray([d[i] for i in idx], np.uint8))
+        idx = np.asarray(sorted(i for i, c in d.items() if c > 0), np.int64)
+        ignored = np.asarray(sorted(i for i, c in d.items() if c == 0), np.int64)
+        out[token] = SampleClicks(idx, np.asarray([d[i] for i in idx], np.uint8), ignored)
     return out

@@ -12,11 +12,14 @@ all its points; one whose clicks name several classes gives all its points the s
 
 - Edges: each point's k nearest neighbours, plus the azimuth-nearest point on the LiDAR beam above and
   below (k nearest neighbours alone stay on one beam where beams are metres apart, as on the ground).
-- Edge cost: the log-odds that the two points differ in class, a naive-Bayes sum of calibrated cues
-  (:data:`LOG_ODDS`, per edge kind ground-ground / object-object / mixed): distance in units of the
-  LiDAR's range-dependent spacing, height step (kerbs) and intensity change between ground points,
-  colour change in the images, superpixel change, 2D mask change and pre-segment change between
-  non-ground points.
+- Edge cost: the log-odds that the two points differ in class, a weighted naive-Bayes sum of cues
+  (:data:`LOG_ODDS`, per edge kind ground-ground / object-object / mixed, read from
+  ``log_odds.json``): distance in units of the scanner's own spacing at the point's range (its
+  measured beam spacing, :mod:`lidarlift.scan`, so one default holds for 32, 64 and 128 beams),
+  height step (kerbs) between ground points, intensity and colour change, superpixel change, 2D mask
+  change and pre-segment change between non-ground points. The tables, the cue weights ``w_*`` and
+  the thresholds below are fitted together on the tuning world only (``bench/fit_tuning.py``,
+  :mod:`lidarlift.pseudolabels.fit`).
 - For every point and every seed group (each thing click alone, all clicks of one stuff class
   together) the minimax path cost -- the weakest link of the best path, exact on the minimum spanning
   tree, obtained for all points at once from the single-linkage merge tree. Flat (ground) classes
@@ -30,7 +33,10 @@ all its points; one whose clicks name several classes gives all its points the s
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, fields
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,12 +48,6 @@ from lidarlift.classes import LabelSpace, candidate_bit
 
 #: source codes (lidarlift.artifacts.SOURCES)
 NONE, CLICK, PROPAGATED, CANDIDATES, NETWORK, IMAGE2D, GROUND = 0, 1, 2, 3, 4, 5, 6
-
-#: the flat (ground) classes of each label space, for the ground / non-ground candidate prior
-FLAT_CLASSES: dict[str, tuple[str, ...]] = {
-    "nuscenes16": ("driveable_surface", "other_flat", "sidewalk", "terrain"),
-    "semantickitti19": ("road", "parking", "sidewalk", "other-ground", "terrain"),
-}
 
 
 @dataclass
@@ -137,38 +137,79 @@ def iupc_propagate(n: int, click_index: np.ndarray, click_label: np.ndarray, gro
 # ours: evidence graph + minimax propagation
 
 
-#: Evidence of a class change along an edge, as log-odds: per edge kind (both ground, both non-ground,
-#: mixed) a prior and, per cue, a piecewise-linear log-likelihood ratio (knots, values) of "the two
-#: points differ in class" -- a naive-Bayes sum. Set from the cue statistics of the synthetic world's
-#: training scenes (scene-0061, -0553, -0655; ~2.3 M edges): e.g. a height step of 5 cm between two
-#: ground points is 3.6 nats of evidence (kerbs), two points in different 2D masks 5 nats, two points
-#: a quarter of the LiDAR spacing apart on one object -3 nats. Config weights scale each cue.
-LOG_ODDS: dict[str, dict[str, Any]] = {
-    "ground": {
-        "prior": -3.35,
-        "distance": ([0, 0.25, 0.5, 1, 1.5, 2, 3], [-2.3, -0.6, 0.2, 0.8, 1.2, 1.35, 2.2]),
-        "height": ([0, 0.01, 0.02, 0.05, 0.1, 0.2], [-0.8, 0.25, 2.45, 3.6, 4.0, 6.0]),
-        "intensity": ([0, 1, 2, 4, 8], [-1.5, -1.25, -0.15, 3.0, 3.7]),
-        "color": ([0, 0.5, 5, 10, 20, 40], [-3.5, -2.1, -0.6, 1.0, 2.0, 2.1]),
-        "superpixel": (0.6, -0.9),  # (some camera: different superpixels, one superpixel)
-    },
-    "object": {
-        "prior": -4.3,
-        "distance": ([0, 0.25, 0.5, 1, 1.5, 2, 3], [-5.7, -3.2, -1.5, 0.95, 2.35, 3.1, 5.3]),
-        "intensity": ([0, 1, 2, 4, 8, 16], [-1.75, -1.45, -0.15, 1.8, 1.3, 2.0]),
-        "color": ([0, 0.5, 5, 10, 20, 40], [-4.0, -2.75, -0.3, 0.9, 1.5, 2.15]),
-        "superpixel": (0.45, -1.4),
-        "mask": (5.0, -1.45, 0.5),  # (different masks, one mask, both in masks but never together)
-        "segment": (4.9, -1.3, 3.9),  # (two pre-segments, one, a noise point)
-    },
-    "mixed": {
-        "prior": 0.45,
-        "distance": ([0, 0.25, 0.5, 1, 1.5, 2, 3], [-4.0, -0.8, -0.7, 0.4, 1.3, 2.35, 2.4]),
-        "intensity": ([0, 1, 2, 4, 8, 16], [-1.8, -1.5, -0.55, 1.0, 0.8, 2.0]),
-        "color": ([0, 0.5, 5, 10, 20, 40], [-3.4, -2.4, -1.0, 0.0, 0.8, 1.1]),
-        "superpixel": (0.3, -1.35),
-    },
+#: The fitted log-odds tables (:func:`load_log_odds`): written by ``bench/fit_tuning.py`` on the tuning
+#: world named in the file's header, never edited by hand.
+LOG_ODDS_PATH = Path(__file__).with_name("log_odds.json")
+
+#: edge kinds, by the ground flags of the two points
+EDGE_KINDS = ("ground", "object", "mixed")
+#: the cues of each edge kind: continuous ones take a piecewise-linear table over knots, categorical
+#: ones one value per state (:data:`CUE_STATES`)
+KIND_CUES: dict[str, tuple[str, ...]] = {
+    "ground": ("distance", "height", "intensity", "color", "superpixel"),
+    "object": ("distance", "intensity", "color", "superpixel", "mask", "segment"),
+    "mixed": ("distance", "intensity", "color", "superpixel"),
 }
+CONTINUOUS_CUES = ("distance", "height", "intensity", "color")
+#: states of the categorical cues, in the order of their codes in :class:`EdgeCues`
+CUE_STATES: dict[str, tuple[str, ...]] = {
+    "superpixel": ("unseen", "differ", "same"),  # no camera sees both / some sees them in two superpixels / in one
+    "mask": ("unseen", "differ", "same", "apart"),  # ... in two masks / in one / both in masks, never in one view together
+    "segment": ("differ", "same", "noise"),  # two pre-segments / one / either is a noise point
+}
+
+
+class LogOddsError(ValueError):
+    """The log-odds file is missing a kind, cue or state, or its tables are malformed."""
+
+
+def load_log_odds(path: str | Path = LOG_ODDS_PATH) -> dict[str, dict[str, Any]]:
+    """The log-odds tables of ``path`` (``{"header": ..., "log_odds": {kind: table}}``).
+
+    Per edge kind (:data:`EDGE_KINDS`) a ``prior`` (log-odds that two points joined by an edge of that
+    kind differ in class) and per cue (:data:`KIND_CUES`) its log-likelihood ratio of "differ" against
+    "same": ``{"knots": [...], "llr": [...], "unseen": v}`` for a continuous cue (linear between the
+    knots, constant beyond them; ``unseen`` where the cue is not measured, e.g. colour outside every
+    camera), ``{state: v}`` for a categorical one (:data:`CUE_STATES`). Raises :class:`LogOddsError`
+    naming the file and the entry.
+    """
+    path = Path(path)
+    try:
+        tables = json.loads(path.read_text())["log_odds"]
+    except (OSError, ValueError, KeyError) as e:
+        raise LogOddsError(f"log-odds file {path}: cannot read its 'log_odds' tables ({e}); "
+                           "re-make it with bench/fit_tuning.py") from e
+    for kind in EDGE_KINDS:
+        t = tables.get(kind)
+        if not isinstance(t, dict) or not isinstance(t.get("prior"), (int, float)):
+            raise LogOddsError(f"log-odds file {path}: kind {kind!r} needs a numeric 'prior'")
+        for cue in KIND_CUES[kind]:
+            c = t.get(cue)
+            if cue in CONTINUOUS_CUES:
+                ok = (isinstance(c, dict) and len(c.get("knots", ())) >= 2 and len(c["knots"]) == len(c.get("llr", ()))
+                      and bool(np.all(np.diff(c["knots"]) > 0)) and "unseen" in c)
+            else:
+                ok = isinstance(c, dict) and set(c) == set(CUE_STATES[cue])
+            if not ok:
+                raise LogOddsError(f"log-odds file {path}: kind {kind!r} cue {cue!r} is malformed: {c!r}")
+    return tables
+
+
+@lru_cache(maxsize=1)
+def default_log_odds() -> dict[str, dict[str, Any]]:
+    """:data:`LOG_ODDS`, read from :data:`LOG_ODDS_PATH` on first use (so the fitting script runs
+    where the file is missing)."""
+    return load_log_odds(LOG_ODDS_PATH)
+
+
+def __getattr__(name: str) -> Any:
+    #: ``LOG_ODDS``: evidence of a class change along an edge, as log-odds: per edge kind (both ground,
+    #: both non-ground, mixed) a prior and, per cue, a log-likelihood ratio of "the two points differ in
+    #: class" -- a naive-Bayes sum. Fitted on the tuning world only (``bench/fit_tuning.py``; the world
+    #: and the command are in the file's header); config weights ``w_*`` scale each cue.
+    if name == "LOG_ODDS":
+        return default_log_odds()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -176,26 +217,32 @@ class GraphParams:
     """The evidence graph and the thresholds of our propagation (config ``pseudolabels.ours``).
 
     Edge costs are log-odds that the two points differ in class (:data:`LOG_ODDS`); ``w_*`` scale
-    each cue (0 switches it off); thresholds are in the same units (nats).
+    each cue (0 switches it off); thresholds are in the same units (nats). Distances are in units of
+    the scanner's own spacing: ``scale_beams`` beams (the sweep's measured angular spacing at the
+    point, :mod:`lidarlift.scan`) at the point's range, the range taken as at least ``min_range_m``.
+    The thresholds ``label_cost``, ``margin``, ``margin_flat`` and ``candidate_cost`` are fitted on the
+    tuning world by ``bench/fit_tuning.py`` together with :data:`LOG_ODDS`.
     """
 
     knn: int = 10
-    range_coef: float = 0.04  # distances are measured in units of max(range_coef * range, min_scale_m)
-    min_scale_m: float = 0.5
+    scale_beams: float = 1.72  # one distance unit: this many beams at the point's range (1.72 x 1.33 deg = 0.04 rad on 32 beams)
+    min_range_m: float = 12.5  # ... with the range at least this (nearer, range noise and the rig's size dominate)
+    beam_spacing_deg: float | None = None  # None: measure the sweep's spacing (lidarlift.scan); a number: one beam = this
     max_edge: float = 3.0  # edges longer than this many units are dropped (ground-ground: max_ground_edge_m)
     max_ground_edge_m: float = 8.0  # longest edge between two ground points of neighbouring beams
     slope_tolerance: float = 0.02  # ground slope (rise / run) not counted as a height step
-    w_distance: float = 1.0
-    w_height: float = 1.0
-    w_intensity: float = 1.0
-    w_color: float = 1.0
-    w_superpixel: float = 0.5  # correlated with colour: half weight
-    w_mask: float = 2.0  # masks follow the pre-segments in the weight-free default; SAM masks separate touching objects
-    w_segment: float = 1.0
-    label_cost: float = -1.0  # a point is labelled when its best path's weakest link is below this ...
-    margin: float = 1.0  # ... and every other class needs at least this much more
-    margin_flat: float | None = 2.0  # the margin for flat (ground) classes (None: ``margin``)
-    candidate_cost: float = 1.0  # unlabelled: classes reachable below this form the candidate set
+    # cue weights and thresholds: fitted on the tuning world by bench/fit_tuning.py (which writes them here)
+    w_distance: float = 0.601
+    w_height: float = 0.655
+    w_intensity: float = 0.7
+    w_color: float = 0.488
+    w_superpixel: float = 0.271
+    w_mask: float = 0.0
+    w_segment: float = 0.383
+    label_cost: float = -1.75  # a point is labelled when its best path's weakest link is below this ...
+    margin: float = 0.5  # ... and every other class needs at least this much more
+    margin_flat: float | None = 1.0  # the margin for flat (ground) classes (None: ``margin``)
+    candidate_cost: float = -1.25  # unlabelled: classes reachable below this form the candidate set
     ground_prior: bool = True  # unlabelled ground points: candidates = flat classes; non-ground: the rest
     family_barrier: bool = True  # flat classes never cross object-object edges, the others never ground-ground
     open_candidates: bool = True  # candidate sets also keep the classes nobody clicked in the keyframe
@@ -210,6 +257,10 @@ class GraphParams:
         p = cls(**cfg)
         if p.knn < 1:
             raise ValueError(f"config key pseudolabels.ours.knn: must be >= 1, got {p.knn}")
+        if p.scale_beams <= 0 or p.min_range_m < 0:
+            raise ValueError("config keys pseudolabels.ours.scale_beams / min_range_m: need scale_beams > 0 and min_range_m >= 0")
+        if p.beam_spacing_deg is not None and not 0 < p.beam_spacing_deg <= 10:
+            raise ValueError(f"config key pseudolabels.ours.beam_spacing_deg: invalid value {p.beam_spacing_deg!r}")
         if p.label_cost > p.candidate_cost:
             raise ValueError("config keys pseudolabels.ours.label_cost / candidate_cost: need label_cost <= candidate_cost")
         if p.margin < 0:
@@ -226,7 +277,9 @@ class Evidence:
     some image); ``mask`` / ``superpixel`` (N, C) int32 id of the 2D mask / superpixel under the point
     in each camera where the point is visible (-1 elsewhere), or None when the stage is absent;
     ``ring`` (N,) int the LiDAR beam of the point (ordered by elevation), or None; ``color`` (N, 3)
-    float32 CIE-Lab colour of the point in the cameras that see it (NaN where none), or None.
+    float32 CIE-Lab colour of the point in the cameras that see it (NaN where none), or None;
+    ``spacing`` (N,) float rad the scanner's angular spacing at each point ("one beam",
+    :meth:`lidarlift.scan.ScanResolution.spacing`), or None: measured from ``xyz`` and ``ring``.
     """
 
     xyz: np.ndarray
@@ -239,21 +292,36 @@ class Evidence:
     intensity: np.ndarray | None = None
     ring: np.ndarray | None = None
     color: np.ndarray | None = None
+    spacing: np.ndarray | None = None
 
     @property
     def n(self) -> int:
         return len(self.xyz)
 
 
-def _view_change(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(E,) bool 'some camera sees both in different regions', (E,) bool 'some camera sees both in one'."""
+def _view_state(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(E,) int8 per edge: 1 some camera sees both in different regions, else 2 some camera sees both
+    in one region, else 0 (no camera sees both). ``a``, ``b`` (E, C) region ids (-1 = not seen)."""
     both = (a >= 0) & (b >= 0)
-    return (both & (a != b)).any(axis=1), (both & (a == b)).any(axis=1)
+    differ, same = (both & (a != b)).any(axis=1), (both & (a == b)).any(axis=1)
+    return np.where(differ, 1, np.where(same, 2, 0)).astype(np.int8)
 
 
-def knn_edges(xyz: np.ndarray, k: int, range_coef: float, min_scale: float, max_edge: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected k-NN edges (i < j) with their length in units of the range-adaptive scale."""
+def distance_unit(ev: Evidence, p: GraphParams) -> np.ndarray:
+    """(N,) float64 m: each point's distance unit, ``scale_beams`` times its angular spacing (the sweep's
+    measured "one beam", or ``beam_spacing_deg``) times its range (at least ``min_range_m``)."""
+    from lidarlift.scan import resolve_resolution
+
+    spacing = ev.spacing
+    if spacing is None:
+        spacing = resolve_resolution(ev.xyz, ev.ring, p.beam_spacing_deg).spacing(ev.xyz)
+    rng = np.linalg.norm(ev.xyz, axis=1)
+    return p.scale_beams * np.asarray(spacing, np.float64) * np.maximum(rng, p.min_range_m)
+
+
+def knn_edges(xyz: np.ndarray, k: int, unit: np.ndarray, max_edge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected k-NN edges (i < j) with their length in units: ``unit`` (N,) m per point, the larger
+    of the two ends'; edges longer than ``max_edge`` units are dropped."""
     n = len(xyz)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -268,9 +336,7 @@ def knn_edges(xyz: np.ndarray, k: int, range_coef: float, min_scale: float, max_
     key = lo * n + hi
     key, first = np.unique(key, return_index=True)
     i, j, d = lo[first], hi[first], d[first]
-    rng = np.linalg.norm(xyz, axis=1)
-    scale = np.maximum(range_coef * np.maximum(rng[i], rng[j]), min_scale)
-    rel = d / scale
+    rel = d / np.maximum(unit[i], unit[j])
     keep = rel <= max_edge
     return i[keep], j[keep], rel[keep].astype(np.float32)
 
@@ -317,70 +383,125 @@ def estimate_rings(xyz: np.ndarray, gap_deg: float = 0.15) -> np.ndarray:
     return out
 
 
-def _table(values: np.ndarray, table: tuple[list[float], list[float]]) -> np.ndarray:
-    return np.interp(values, table[0], table[1]).astype(np.float32)
+@dataclass
+class EdgeCues:
+    """The evidence graph of a keyframe before it is weighed: E edges (i < j) and each cue's value.
+
+    ``i``, ``j`` (E,) int64; ``kind`` (E,) int8 index into :data:`EDGE_KINDS`; ``distance`` (E,)
+    float32 length in distance units (:func:`distance_unit`); ``height`` (E,) float32 m height step
+    beyond the slope tolerance (ground edges; NaN elsewhere); ``intensity`` (E,) float32 absolute
+    intensity change, ``color`` (E,) float32 CIE-Lab distance (NaN where no camera sees both), or None
+    when the keyframe has none; ``superpixel``, ``mask`` (E,) int8 codes of :data:`CUE_STATES` (mask:
+    object edges only, -1 elsewhere), or None without the stage; ``segment`` (E,) int8 (object edges;
+    -1 elsewhere).
+    """
+
+    i: np.ndarray
+    j: np.ndarray
+    kind: np.ndarray
+    distance: np.ndarray
+    height: np.ndarray
+    intensity: np.ndarray | None
+    color: np.ndarray | None
+    superpixel: np.ndarray | None
+    mask: np.ndarray | None
+    segment: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.i)
 
 
-def edge_costs(ev: Evidence, p: GraphParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The evidence graph of a keyframe: edges (i, j) and their cost (E,) float32, the log-odds that
-    the two points differ in class (:data:`LOG_ODDS`, scaled by the ``w_*`` of ``p``)."""
+def edge_cues(ev: Evidence, p: GraphParams) -> EdgeCues:
+    """The edges of a keyframe's evidence graph (k nearest neighbours plus the neighbouring beams) and
+    their cue values (:class:`EdgeCues`)."""
     n = len(ev.xyz)
-    i, j, rel = knn_edges(ev.xyz, p.knn, p.range_coef, p.min_scale_m, p.max_edge)
-    rng = np.linalg.norm(ev.xyz, axis=1)
+    unit = distance_unit(ev, p) if n else np.zeros(0)
+    i, j, rel = knn_edges(ev.xyz, p.knn, unit, p.max_edge)
     if ev.ring is not None and n > 1:
         ri, rj = ring_edges(ev.xyz, ev.ring)
-        scale = np.maximum(p.range_coef * np.maximum(rng[ri], rng[rj]), p.min_scale_m)
         d = np.linalg.norm(ev.xyz[ri] - ev.xyz[rj], axis=1)
         flat = ev.ground[ri] & ev.ground[rj]
-        r_rel = d / scale
+        r_rel = d / np.maximum(unit[ri], unit[rj])
         keep = np.where(flat, d <= p.max_ground_edge_m, r_rel <= p.max_edge)
         key = np.concatenate([i * n + j, ri[keep] * n + rj[keep]])
         key, first = np.unique(key, return_index=True)
         i, j = key // n, key % n
         rel = np.concatenate([rel, r_rel[keep].astype(np.float32)])[first]
     gi, gj = ev.ground[i], ev.ground[j]
-    kinds = {"ground": gi & gj, "object": ~gi & ~gj, "mixed": gi != gj}
-    cost = np.zeros(len(i), np.float32)
-    sp_differ = sp_same = None
-    if ev.superpixel is not None:
-        sp_differ, sp_same = _view_change(ev.superpixel[i], ev.superpixel[j])
-    de = np.linalg.norm(ev.color[i] - ev.color[j], axis=1) if ev.color is not None else None
-    di = np.abs(ev.intensity[i] - ev.intensity[j]) if ev.intensity is not None else None
-    for kind, sel in kinds.items():
+    kind = np.where(gi & gj, 0, np.where(~gi & ~gj, 1, 2)).astype(np.int8)
+    height = np.full(len(i), np.nan, np.float32)
+    g = kind == 0
+    a, b = i[g], j[g]
+    d_xy = np.hypot(ev.xyz[a, 0] - ev.xyz[b, 0], ev.xyz[a, 1] - ev.xyz[b, 1])
+    height[g] = np.maximum(np.abs(ev.xyz[a, 2] - ev.xyz[b, 2]) - p.slope_tolerance * d_xy, 0.0)
+    o = kind == 1
+    a, b = i[o], j[o]
+    segment = np.full(len(i), -1, np.int8)
+    sa, sb = ev.segment_id[a], ev.segment_id[b]
+    segment[o] = np.where((sa < 0) | (sb < 0), 2, np.where(sa != sb, 0, 1))
+    mask = None
+    if ev.mask is not None:
+        mask = np.full(len(i), -1, np.int8)
+        state = _view_state(ev.mask[a], ev.mask[b])
+        covered = (ev.mask >= 0).any(axis=1)
+        mask[o] = np.where((state == 0) & covered[a] & covered[b], 3, state)
+    return EdgeCues(
+        i=i, j=j, kind=kind, distance=rel.astype(np.float32), height=height,
+        intensity=np.abs(ev.intensity[i] - ev.intensity[j]).astype(np.float32) if ev.intensity is not None else None,
+        color=np.linalg.norm(ev.color[i] - ev.color[j], axis=1).astype(np.float32) if ev.color is not None else None,
+        superpixel=_view_state(ev.superpixel[i], ev.superpixel[j]) if ev.superpixel is not None else None,
+        mask=mask, segment=segment)
+
+
+def cue_log_odds(cue: str, values: np.ndarray, table: dict[str, Any]) -> np.ndarray:
+    """(E,) float32 log-likelihood ratio of one cue's ``values`` under its ``table``
+    (:func:`load_log_odds`): continuous cues interpolated over the knots (NaN: the ``unseen`` value),
+    categorical ones looked up by state code."""
+    if cue in CONTINUOUS_CUES:
+        x = np.asarray(values, np.float64)
+        seen = np.isfinite(x)
+        out = np.interp(np.where(seen, x, 0.0), table["knots"], table["llr"])
+        return np.where(seen, out, table["unseen"]).astype(np.float32)
+    lut = np.array([table[s] for s in CUE_STATES[cue]], np.float32)
+    return lut[np.asarray(values, np.int64)]
+
+
+#: every cue, in the column order of :func:`cue_matrix`
+CUES = ("distance", "height", "intensity", "color", "superpixel", "mask", "segment")
+
+
+def cue_matrix(cues: EdgeCues, log_odds: dict[str, dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each edge's evidence under the tables ``log_odds``: (prior (E,) float32 of its kind, (E, len(CUES))
+    float32 log-likelihood ratio of each cue of :data:`CUES`, 0 where the cue does not apply to the
+    edge's kind or the keyframe lacks it)."""
+    prior = np.zeros(len(cues), np.float32)
+    llr = np.zeros((len(cues), len(CUES)), np.float32)
+    for k, kind in enumerate(EDGE_KINDS):
+        sel = cues.kind == k
         if not sel.any():
             continue
-        t = LOG_ODDS[kind]
-        c = np.full(int(sel.sum()), t["prior"], np.float32)
-        if kind == "ground":  # ground beams are far apart by design: distance counts only within the LiDAR spacing
-            c += p.w_distance * _table(np.minimum(rel[sel], 3.0), t["distance"])
-            a, b = i[sel], j[sel]
-            d_xy = np.hypot(ev.xyz[a, 0] - ev.xyz[b, 0], ev.xyz[a, 1] - ev.xyz[b, 1])
-            dz = np.maximum(np.abs(ev.xyz[a, 2] - ev.xyz[b, 2]) - p.slope_tolerance * d_xy, 0.0)
-            c += p.w_height * _table(dz, t["height"])
-        else:
-            c += p.w_distance * _table(rel[sel], t["distance"])
-        if di is not None and p.w_intensity:
-            c += p.w_intensity * _table(di[sel], t["intensity"])
-        if de is not None and p.w_color:
-            x = de[sel]
-            c += p.w_color * np.where(np.isfinite(x), _table(np.nan_to_num(x), t["color"]), 0.0)
-        if sp_differ is not None and p.w_superpixel:
-            on, off = t["superpixel"]
-            c += p.w_superpixel * np.where(sp_differ[sel], on, np.where(sp_same[sel], off, 0.0))
-        if kind == "object":
-            a, b = i[sel], j[sel]
-            if ev.mask is not None and p.w_mask:
-                differ, same = _view_change(ev.mask[a], ev.mask[b])
-                covered = (ev.mask >= 0).any(axis=1)
-                unknown = ~differ & ~same & covered[a] & covered[b]
-                on, off, unk = t["mask"]
-                c += p.w_mask * np.where(differ, on, np.where(same, off, np.where(unknown, unk, 0.0)))
-            if p.w_segment:
-                sa, sb = ev.segment_id[a], ev.segment_id[b]
-                on, off, noise = t["segment"]
-                c += p.w_segment * np.where((sa < 0) | (sb < 0), noise, np.where(sa != sb, on, off))
-        cost[sel] = c
-    return i, j, cost
+        t = log_odds[kind]
+        prior[sel] = t["prior"]
+        for cue in KIND_CUES[kind]:
+            values = getattr(cues, cue)
+            if values is not None:
+                llr[sel, CUES.index(cue)] = cue_log_odds(cue, values[sel], t[cue])
+    return prior, llr
+
+
+def cue_weights(p: GraphParams) -> np.ndarray:
+    """(len(CUES),) float32 the config weights ``w_*`` in the order of :data:`CUES`."""
+    return np.array([getattr(p, f"w_{cue}") for cue in CUES], np.float32)
+
+
+def edge_costs(ev: Evidence, p: GraphParams, log_odds: dict[str, dict[str, Any]] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The evidence graph of a keyframe: edges (i, j) and their cost (E,) float32, the log-odds that
+    the two points differ in class: the kind's prior plus each cue's log-likelihood ratio scaled by its
+    weight ``w_*`` of ``p`` (tables ``log_odds``, default :data:`LOG_ODDS`)."""
+    cues = edge_cues(ev, p)
+    prior, llr = cue_matrix(cues, default_log_odds() if log_odds is None else log_odds)
+    return cues.i, cues.j, prior + llr @ cue_weights(p)
 
 
 def minimax_to_groups(n: int, i: np.ndarray, j: np.ndarray, cost: np.ndarray, seed_point: np.ndarray,
@@ -444,26 +565,47 @@ def minimax_to_groups(n: int, i: np.ndarray, j: np.ndarray, cost: np.ndarray, se
 
 def prior_mask(ground: np.ndarray, space: LabelSpace) -> np.ndarray:
     """(N,) uint32: flat classes for ground points, all other classes for non-ground points."""
-    flat = FLAT_CLASSES.get(space.name, ())
-    flat_bits = np.uint32(sum(1 << (space.index(c) - 1) for c in flat))
+    flat_bits = np.uint32(sum(1 << (c - 1) for c in np.flatnonzero(space.flat_mask)))
     full = np.uint32(space.all_candidates)
     if not flat_bits:
         return np.full(len(ground), full, np.uint32)
     return np.where(ground, flat_bits, full & ~flat_bits).astype(np.uint32)
 
 
-def ours_propagate(ev: Evidence, click_index: np.ndarray, click_label: np.ndarray, space: LabelSpace,
-                   p: GraphParams) -> Labels:
-    """Our propagation on one keyframe (see the module doc)."""
-    n, k = ev.n, space.num_classes
-    out = Labels.unknown(n, k)
-    if p.ground_prior:
-        out.candidate_mask[:] = prior_mask(ev.ground, space)
-    if len(click_index) == 0 or n == 0:
-        out.source[out.candidate_mask != space.all_candidates] = CANDIDATES
-        return out
+@dataclass
+class SeedDistances:
+    """Minimax path costs from every point to the clicks of one keyframe (N points, m clicks, G seed
+    groups: each thing click alone, all clicks of one stuff class together; Kc clicked classes).
+
+    ``group_class`` (G,) int64 class of each group; ``seed_group`` (m,) int64 group of each click;
+    ``dist`` (N, G) float32 cost to each group; ``classes`` (Kc,) int64 sorted clicked classes;
+    ``per_class`` (N, Kc) float32 cost to the nearest group of each class. Costs above the ``max_cost``
+    they were computed with are inf.
+    """
+
+    group_class: np.ndarray
+    seed_group: np.ndarray
+    dist: np.ndarray
+    classes: np.ndarray
+    per_class: np.ndarray
+
+    def best_two(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N,) the nearest class, its cost d1 and the second-nearest class's cost d2 (inf with one class)."""
+        n = len(self.per_class)
+        order = np.argsort(self.per_class, axis=1)
+        d1 = self.per_class[np.arange(n), order[:, 0]]
+        d2 = (self.per_class[np.arange(n), order[:, 1]] if len(self.classes) > 1
+              else np.full(n, np.inf, np.float32))
+        return self.classes[order[:, 0]], d1, d2
+
+
+def seed_distances(ev: Evidence, click_index: np.ndarray, click_label: np.ndarray, space: LabelSpace,
+                   p: GraphParams, max_cost: float | None = None,
+                   log_odds: dict[str, dict[str, Any]] | None = None) -> SeedDistances:
+    """The minimax costs of our propagation (:class:`SeedDistances`; at least one click), over the
+    evidence graph of :func:`edge_costs`, computed up to ``max_cost`` (default ``p.candidate_cost``)."""
+    n = ev.n
     thing = space.thing_mask
-    # seed groups: each thing click alone (its own instance), all clicks of one stuff class together
     group_class: list[int] = []
     seed_group = np.empty(len(click_index), np.int64)
     stuff_group: dict[int, int] = {}
@@ -477,11 +619,10 @@ def ours_propagate(ev: Evidence, click_index: np.ndarray, click_label: np.ndarra
                 group_class.append(c)
             seed_group[s] = stuff_group[c]
     group_class_arr = np.asarray(group_class, np.int64)
-    i, j, cost = edge_costs(ev, p)
+    i, j, cost = edge_costs(ev, p, log_odds)
     # flat classes travel over ground, the others over objects: a click whose ground flag is wrong (a
     # road point in a car's pre-segment) then cannot carry its class through the wrong structure
-    flat = np.zeros(k + 1, bool)
-    flat[[space.index(c) for c in FLAT_CLASSES.get(space.name, ())]] = True
+    flat = space.flat_mask
     both_ground = ev.ground[i] & ev.ground[j]
     both_object = ~ev.ground[i] & ~ev.ground[j]
     dist = np.full((n, len(group_class)), np.inf, np.float32)
@@ -494,18 +635,52 @@ def ours_propagate(ev: Evidence, click_index: np.ndarray, click_label: np.ndarra
         remap[groups] = np.arange(len(groups))
         c = np.where(blocked, np.float32(np.inf), cost) if p.family_barrier else cost
         dist[:, groups] = minimax_to_groups(n, i, j, c, click_index[seeds], remap[seed_group[seeds]], len(groups),
-                                            p.candidate_cost)
-
+                                            p.candidate_cost if max_cost is None else max_cost)
     classes = np.unique(group_class_arr)
     per_class = np.stack([dist[:, group_class_arr == c].min(axis=1) for c in classes], axis=1)  # (N, Kc)
-    order = np.argsort(per_class, axis=1)
-    best = order[:, 0]
-    d1 = per_class[np.arange(n), best]
-    d2 = per_class[np.arange(n), order[:, 1]] if len(classes) > 1 else np.full(n, np.inf, np.float32)
-    lab = classes[best]
-    margin = np.where(flat[lab], p.margin_flat if p.margin_flat is not None else p.margin, p.margin)
+    return SeedDistances(group_class_arr, seed_group, dist, classes, per_class)
+
+
+def labelled_mask(best: np.ndarray, d1: np.ndarray, d2: np.ndarray, space: LabelSpace, p: GraphParams) -> np.ndarray:
+    """(N,) bool: the points that take their nearest class ``best`` (N,): its cost ``d1`` is at most
+    ``label_cost`` and the second-nearest class's cost ``d2`` is ``margin`` (``margin_flat`` for flat
+    classes) further, a ``d2`` beyond ``candidate_cost`` counting as unreachable."""
+    flat_margin = p.margin_flat if p.margin_flat is not None else p.margin
+    margin = np.where(space.flat_mask[best], flat_margin, p.margin)
     with np.errstate(invalid="ignore"):
-        labelled = (d1 <= p.label_cost) & (d2 - d1 >= margin)
+        return (d1 <= p.label_cost) & ((d2 > p.candidate_cost) | (d2 - d1 >= margin))
+
+
+def candidate_sets(per_class: np.ndarray, classes: np.ndarray, prior: np.ndarray, space: LabelSpace,
+                   p: GraphParams) -> np.ndarray:
+    """(N,) uint32 candidate masks of unlabelled points: the classes within ``candidate_cost`` when two
+    or more are (with ``open_candidates`` also the classes nobody clicked, inside the ``prior`` when
+    ``ground_prior``), else ``prior`` (N,) uint32. ``per_class`` (N, Kc) costs to the clicked ``classes``."""
+    near = per_class <= p.candidate_cost
+    bits = candidate_bit(classes).astype(np.uint32)
+    near_mask = np.bitwise_or.reduce(np.where(near, bits[None, :], np.uint32(0)), axis=1).astype(np.uint32)
+    several = near.sum(axis=1) >= 2
+    if p.open_candidates:  # the annotator clicked each class somewhere, not each object: unclicked classes stay possible
+        unclicked = np.uint32(space.all_candidates) & ~np.bitwise_or.reduce(bits)
+        near_mask = (near_mask | unclicked) & (prior if p.ground_prior else np.uint32(space.all_candidates))
+    return np.where(several, near_mask, prior).astype(np.uint32)
+
+
+def ours_propagate(ev: Evidence, click_index: np.ndarray, click_label: np.ndarray, space: LabelSpace,
+                   p: GraphParams, log_odds: dict[str, dict[str, Any]] | None = None) -> Labels:
+    """Our propagation on one keyframe (see the module doc); ``log_odds`` default :data:`LOG_ODDS`."""
+    n = ev.n
+    out = Labels.unknown(n, space.num_classes)
+    if p.ground_prior:
+        out.candidate_mask[:] = prior_mask(ev.ground, space)
+    if len(click_index) == 0 or n == 0:
+        out.source[out.candidate_mask != space.all_candidates] = CANDIDATES
+        return out
+    thing = space.thing_mask
+    sd = seed_distances(ev, click_index, click_label, space, p, log_odds=log_odds)
+    classes, per_class = sd.classes, sd.per_class
+    lab, d1, d2 = sd.best_two()
+    labelled = labelled_mask(lab, d1, d2, space, p)
     out.label[labelled] = lab[labelled]
     with np.errstate(over="ignore", invalid="ignore"):  # (1 - P(weakest link crosses a class change)) x P(margin)
         conf = (1.0 / (1.0 + np.exp(d1[labelled]))) * (1.0 / (1.0 + np.exp(-(d2[labelled] - d1[labelled]))))
@@ -513,24 +688,15 @@ def ours_propagate(ev: Evidence, click_index: np.ndarray, click_label: np.ndarra
     out.candidate_mask[labelled] = candidate_bit(lab[labelled])
     out.source[labelled] = PROPAGATED
     # thing instances: the nearest click of the label's class
-    gi = np.argmin(np.where(group_class_arr[None, :] == lab[:, None], dist, np.inf), axis=1)
+    gi = np.argmin(np.where(sd.group_class[None, :] == lab[:, None], sd.dist, np.inf), axis=1)
     is_thing = labelled & thing[lab]
     out.instance_id[is_thing] = gi[is_thing] + 1
-    # candidate sets: classes within candidate_cost where no label was given
     rest = ~labelled
-    near = per_class[rest] <= p.candidate_cost
-    bits = candidate_bit(classes).astype(np.uint32)
-    near_mask = np.bitwise_or.reduce(np.where(near, bits[None, :], np.uint32(0)), axis=1).astype(np.uint32)
-    several = near.sum(axis=1) >= 2
-    cand = out.candidate_mask[rest]
-    if p.open_candidates:  # the annotator clicked each class somewhere, not each object: unclicked classes stay possible
-        unclicked = np.uint32(space.all_candidates) & ~np.bitwise_or.reduce(bits)
-        near_mask = (near_mask | unclicked) & (cand if p.ground_prior else np.uint32(space.all_candidates))
-    cand = np.where(several, near_mask, cand)
+    cand = candidate_sets(per_class[rest], classes, out.candidate_mask[rest], space, p)
     out.candidate_mask[rest] = cand
     out.source[rest] = np.where(cand != space.all_candidates, CANDIDATES, NONE)
     out.set_clicks(click_index, click_label)
     for s, (ci, c) in enumerate(zip(click_index, click_label)):
         if thing[c]:
-            out.instance_id[ci] = seed_group[s] + 1
+            out.instance_id[ci] = sd.seed_group[s] + 1
     return out
