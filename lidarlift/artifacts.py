@@ -46,7 +46,8 @@ class StoreSpec:
 
 POINT_CHUNK = 262_144
 
-#: P = points of all keyframes in the shard, S = keyframes, C = cameras, I = S * C images,
+#: P = points of all keyframes in the shard, S = keyframes, C = cameras, I = S * C images, W = intermediate
+#: sweeps of the shard, Q = their points,
 #: M = masks of all images, K = classes of the label space, F = feature width.
 STORES: dict[str, StoreSpec] = {
     "associate": StoreSpec(
@@ -105,6 +106,23 @@ STORES: dict[str, StoreSpec] = {
             "candidate_mask": ArraySpec("uint32", "(P,)", "bit c-1 set where class c is still possible; all bits where unknown", POINT_CHUNK),
             "source": ArraySpec("uint8", "(P,)", "what decided the point, see lidarlift.artifacts.SOURCES", POINT_CHUNK),
             "round": ArraySpec("uint8", "(P,)", "EM round that set the label", POINT_CHUNK),
+        },
+    ),
+    "temporal": StoreSpec(
+        "temporal", 1,
+        "Keyframe pseudo-labels of one EM round carried to the intermediate sweeps (lidarlift.temporal). Per-point "
+        "data of all W sweeps of the shard concatenated (keyframe order, each keyframe's sweeps in time order); "
+        "attrs: sample_tokens (the shard's keyframes), sweep_tokens (W sample_data tokens), round, sources "
+        "(code -> name of lidarlift.temporal.TEMPORAL_SOURCES), keyframe_labelled and keyframe_points (the "
+        "labelled and all points of the keyframes the labels came from).",
+        {
+            "sweep_offsets": ArraySpec("int64", "(W+1,)", "ragged offsets of sweep points: sweep w owns rows sweep_offsets[w]:sweep_offsets[w+1], in its file's point order"),
+            "keyframe_index": ArraySpec("int32", "(W,)", "the keyframe (index in sample_tokens) whose intermediate sweep it is: it lies between that keyframe and the one before"),
+            "timestamp": ArraySpec("int64", "(W,)", "the sweep's timestamp (microseconds)"),
+            "label": ArraySpec("uint8", "(Q,)", "class 1..K, 0 = no label", POINT_CHUNK),
+            "confidence": ArraySpec("float32", "(Q,)", "confidence of label in 0..1 (0 where no label)", POINT_CHUNK),
+            "source": ArraySpec("uint8", "(Q,)", "what decided the point, see lidarlift.temporal.TEMPORAL_SOURCES", POINT_CHUNK),
+            "moved": ArraySpec("bool", "(Q,)", "the label came from a keyframe segment moved to the sweep's time", POINT_CHUNK),
         },
     ),
     "predict": StoreSpec(

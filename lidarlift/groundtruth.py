@@ -1,7 +1,9 @@
 """Ground truth of a sample, for measuring every stage: per-point classes and instances, 2D maps, visibility.
 
-Real nuScenes has the per-point files; the synthetic world also has per-camera 2D panoptic maps and
-per-point visibility. Functions return ``None`` where the dataset lacks a kind of ground truth.
+Real nuScenes has the per-point files; the synthetic world also has per-camera 2D panoptic maps,
+per-point visibility and per-point truth of the non-keyframe sweeps
+(``<dataroot>/lidarlift_gt/<version>/sweeps/<sample_data token>.npz``, the panoptic encoding). Functions
+return ``None`` where the dataset lacks a kind of ground truth.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 
 from lidarlift.classes import FINE_TO_CHALLENGE
 from lidarlift.datasets.readers import DatasetError, read_label_map
-from lidarlift.manifest import Manifest, SampleRecord
+from lidarlift.manifest import LidarFrame, Manifest, SampleRecord
 
 
 @dataclass
@@ -24,6 +26,18 @@ class PointTruth:
     instance: np.ndarray
 
 
+def _panoptic_truth(path, what: str) -> PointTruth:
+    """PointTruth of a panoptic npz (key 'data', uint16 1000 * fine + instance); ``what`` names it in errors."""
+    try:
+        pan = np.load(path)["data"].astype(np.int64)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
+        raise DatasetError(f"{what}: panoptic file {path} is unreadable: {e}") from e
+    fine = (pan // 1000).astype(np.uint8)
+    inst = pan % 1000
+    instance = np.where(inst > 0, pan, 0)  # 1000 * fine + id is unique within the scene
+    return PointTruth(label=FINE_TO_CHALLENGE[fine], fine=fine, instance=instance)
+
+
 def point_truth(manifest: Manifest, sample: SampleRecord) -> PointTruth | None:
     """Per-point classes and instances of a keyframe, or None where the dataset has none."""
     if manifest.kind == "semantickitti":
@@ -31,21 +45,29 @@ def point_truth(manifest: Manifest, sample: SampleRecord) -> PointTruth | None:
 
         return kitti_truth(manifest, sample)
     if sample.gt_panoptic:
-        path = manifest.resolve(sample.gt_panoptic)
-        try:
-            pan = np.load(path)["data"].astype(np.int64)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same error to the user
-            raise DatasetError(f"sample {sample.token}: panoptic file {path} is unreadable: {e}") from e
-        fine = (pan // 1000).astype(np.uint8)
-        inst = pan % 1000
-        instance = np.where(inst > 0, pan, 0)  # 1000 * fine + id is unique within the scene
-    elif sample.gt_lidarseg:
+        return _panoptic_truth(manifest.resolve(sample.gt_panoptic), f"sample {sample.token}")
+    if sample.gt_lidarseg:
         path = manifest.resolve(sample.gt_lidarseg)
         fine = np.fromfile(path, dtype=np.uint8)
-        instance = np.zeros(fine.shape, np.int64)
-    else:
+        return PointTruth(label=FINE_TO_CHALLENGE[fine], fine=fine, instance=np.zeros(fine.shape, np.int64))
+    return None
+
+
+#: Folder of the synthetic world's per-sweep truth, under the dataroot (``.../<sample_data token>.npz``).
+SWEEP_TRUTH_DIR = "lidarlift_gt/{version}/sweeps"
+
+
+def sweep_truth(manifest: Manifest, frame: LidarFrame) -> PointTruth | None:
+    """Per-point classes and instances of a non-keyframe sweep (``frame``: one of a keyframe's
+    ``intermediate_sweeps``, ``prev_sweeps`` or ``next_sweeps``) from the synthetic world's
+    ``lidarlift_gt/<version>/sweeps/<frame.token>.npz``; None where the dataset has none (real
+    nuScenes labels keyframes only). Instances share the keyframes' keys (1000 * fine + id)."""
+    if manifest.kind != "nuscenes" or not frame.token:
         return None
-    return PointTruth(label=FINE_TO_CHALLENGE[fine], fine=fine, instance=instance)
+    path = manifest.resolve(SWEEP_TRUTH_DIR.format(version=manifest.version)) / f"{frame.token}.npz"
+    if not path.exists():
+        return None
+    return _panoptic_truth(path, f"sweep {frame.token} ({frame.path})")
 
 
 def image_truth(manifest: Manifest, sample: SampleRecord, cam: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -63,6 +63,9 @@ class SampleRecord:
     cameras: list[CameraFrame]
     prev_sweeps: list[LidarFrame] = field(default_factory=list)  # nearest first
     next_sweeps: list[LidarFrame] = field(default_factory=list)  # nearest first
+    # every sweep after the previous keyframe (of the scene) and before this one, nearest first: the
+    # sweeps nobody labels (nuScenes: ~9 at 20 Hz between 2 Hz keyframes); lidarlift.temporal labels them
+    intermediate_sweeps: list[LidarFrame] = field(default_factory=list)
     gt_lidarseg: str | None = None  # uint8 fine index per point (nuScenes) / .label (KITTI)
     gt_panoptic: str | None = None  # npz 'data' uint16 1000 * fine + instance
     gt_visibility: str | None = None  # synthetic worlds: (N, C) bool .npy
@@ -74,6 +77,7 @@ class SampleRecord:
         d["cameras"] = [CameraFrame(**c) for c in d["cameras"]]
         d["prev_sweeps"] = [LidarFrame(**s) for s in d.get("prev_sweeps", [])]
         d["next_sweeps"] = [LidarFrame(**s) for s in d.get("next_sweeps", [])]
+        d["intermediate_sweeps"] = [LidarFrame(**s) for s in d.get("intermediate_sweeps", [])]
         return SampleRecord(**d)
 
 
