@@ -25,9 +25,18 @@ include: "rules/masks.smk"
 include: "rules/pseudolabels.smk"
 include: "rules/evaluate.smk"
 include: "rules/train.smk"
+include: "rules/temporal.smk"
+
+
+# Trivial jobs run in the main Snakemake process, never as cluster submissions.
+localrules:
+    all,
+    summary,
+    report_index,
 
 
 rule all:
     default_target: True
     input:
-        summary_inputs(),
+        f"{RESULTS}/summary.json",
+        f"{EVAL.report_dir}/index.json",

@@ -27,7 +27,9 @@ from lidarlift.config import load_config
 from lidarlift.manifest import Manifest
 from lidarlift.pseudolabels import annotation_free as af
 from lidarlift.pseudolabels import clicks as ck
-from lidarlift.pseudolabels.metrics import add_counts, label_counts, panoptic_counts, panoptic_quality, ratios
+from lidarlift.evaluate.counts import add
+from lidarlift.evaluate.pseudolabels import pseudolabel_counts, pseudolabel_figures
+from lidarlift.evaluate.truth import SampleTruth
 from lidarlift.pseudolabels.propagate import GraphParams, iupc_propagate, ours_propagate
 from lidarlift.pseudolabels.simulate2d import Corruption
 from lidarlift.pseudolabels.stage import StageParams, camera_maps, load_shard
@@ -41,7 +43,13 @@ CORRUPTIONS = {
 
 
 def _acc(total, new):
-    return new if total is None else add_counts(total, new)
+    return new if total is None else add(total, new)
+
+
+def _counts(labels, truth: SampleTruth, space, min_points: int = 15) -> dict:
+    """The evaluation's counts of one keyframe's labels (lidarlift.evaluate.pseudolabels, the one implementation)."""
+    return pseudolabel_counts(labels.label, labels.candidate_mask, labels.source, labels.instance_id, truth.label,
+                              truth.segment_key, space, min_points)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,13 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     budgets = (0.001, 0.01) if args.quick else BUDGETS
     corruptions = {"default": {}} if args.quick else CORRUPTIONS
     graph = GraphParams.from_config(load_config()["pseudolabels"]["ours"])
-    things = [i + 1 for i, c in enumerate(space.classes) if c in space.things]
-    names = [space.classes[c - 1] for c in things]
 
     data = []
     t0 = time.perf_counter()
     for s in shards:
-        data += [d for d in load_shard(manifest, s, *(res / st / f"{s}.zarr" for st in stages)) if d.truth is not None]
+        data += [d for d in load_shard(manifest, s, *(res / st / f"{s}.zarr" for st in stages)) if d.evidence.n]
+    truths = {d.record.token: SampleTruth(manifest, d.record) for d in data}
     load_s = time.perf_counter() - t0
     print(f"{len(data)} keyframes of {len(shards)} shards loaded in {load_s:.1f} s")
 
@@ -82,17 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         secs = {"ours": 0.0, "iupc": 0.0}
         for d in data:
             ev = d.evidence
-            c = ck.budget_clicks(ev.xyz, d.truth, d.instance, space, share, ck.click_rng(0, d.record.token))
+            t_ = truths[d.record.token]
+            c = ck.budget_clicks(ev.xyz, t_.label, t_.instance, space, share, ck.click_rng(0, d.record.token))
             t = time.perf_counter()
             lab = ours_propagate(ev, c.point_index, c.label, space, graph)
             secs["ours"] += time.perf_counter() - t
-            tot["ours"] = _acc(tot["ours"], label_counts(lab, d.truth, space))
+            tot["ours"] = _acc(tot["ours"], _counts(lab, t_, space))
             t = time.perf_counter()
             lab = iupc_propagate(ev.n, c.point_index, c.label, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space)
             secs["iupc"] += time.perf_counter() - t
-            tot["iupc"] = _acc(tot["iupc"], label_counts(lab, d.truth, space))
+            tot["iupc"] = _acc(tot["iupc"], _counts(lab, t_, space))
         for method in ("ours", "iupc"):
-            r = ratios(tot[method], space)
+            r = pseudolabel_figures(tot[method], space)
             row = {"share": share, "method": method, "click_share": r["click_share"], "labelled_share": r["labelled_share"],
                    "precision": r["precision"], "candidate_share": r["candidate_share"],
                    "candidate_contains_truth": r["candidate_contains_truth"], "seconds_per_keyframe": secs[method] / len(data)}
@@ -103,11 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     tot = {"ours": None, "iupc": None}
     for d in data:
         ev = d.evidence
-        c = ck.iupc_clicks(d.truth, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space, ck.click_rng(0, d.record.token))
-        tot["iupc"] = _acc(tot["iupc"], label_counts(iupc_propagate(ev.n, c.point_index, c.label, ev.ground, ev.segment_id,
-                                                                    ev.ground_cell, ev.fov, space), d.truth, space))
-        tot["ours"] = _acc(tot["ours"], label_counts(ours_propagate(ev, c.point_index, c.label, space, graph), d.truth, space))
-    out["iupc_protocol"] = {m: ratios(tot[m], space) for m in tot}
+        t_ = truths[d.record.token]
+        c = ck.iupc_clicks(t_.label, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space, ck.click_rng(0, d.record.token))
+        tot["iupc"] = _acc(tot["iupc"], _counts(iupc_propagate(ev.n, c.point_index, c.label, ev.ground, ev.segment_id,
+                                                               ev.ground_cell, ev.fov, space), t_, space))
+        tot["ours"] = _acc(tot["ours"], _counts(ours_propagate(ev, c.point_index, c.label, space, graph), t_, space))
+    out["iupc_protocol"] = {m: pseudolabel_figures(tot[m], space) for m in tot}
     print("\nIUPC protocol | method | sparse | propagated | negative | precision")
     for m, r in out["iupc_protocol"].items():
         t = r["iupc_table"]
@@ -117,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     base_cfg = load_config(overrides={"pseudolabels": {"mode": "annotation_free"}})["pseudolabels"]
     for name, corr in corruptions.items():
         p = StageParams.from_config(base_cfg)
-        p = StageParams(**{**p.__dict__, "corruption": Corruption(**{**Corruption().describe(), **corr})})
+        p = StageParams(**{**p.__dict__, "corruption": Corruption.from_config({**p.corruption.describe(), **corr})})
         pan = {"ours": None, "baseline": None}
         secs = {"ours": 0.0, "baseline": 0.0}
         stores: dict[str, object] = {}
@@ -132,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             b = af.pointsam_baseline(ev.xyz, d.in_image, d.uv, cams, space, p.refine)
             secs["baseline"] += time.perf_counter() - t
-            pan["ours"] = _acc(pan["ours"], panoptic_counts(o.label, o.instance_id, d.truth, d.instance, things, p.pq_min_points))
-            pan["baseline"] = _acc(pan["baseline"], panoptic_counts(b.label, b.instance_id, d.truth, d.instance, things, p.pq_min_points))
-        q = {k: panoptic_quality(v, names) for k, v in pan.items()}
+            t_ = truths[d.record.token]
+            pan["ours"] = _acc(pan["ours"], _counts(o, t_, space))
+            pan["baseline"] = _acc(pan["baseline"], _counts(b, t_, space))
+        q = {k: {"pq": pseudolabel_figures(v, space)["pq_things"]} for k, v in pan.items()}
         ratio = q["ours"]["pq"] / q["baseline"]["pq"] if q["baseline"]["pq"] else None
         out["annotation_free"].append({"corruption": p.corruption.describe(), "name": name, "pq_things": q["ours"]["pq"],
                                        "baseline_pq_things": q["baseline"]["pq"], "ratio": ratio,

@@ -132,6 +132,7 @@ class LabelSpace:
     name: str
     classes: tuple[str, ...]
     things: frozenset[str]
+    flat: frozenset[str] = frozenset()  # the ground classes (the ground / non-ground prior, ground metrics)
 
     @property
     def num_classes(self) -> int:
@@ -150,6 +151,11 @@ class LabelSpace:
         return np.array([False] + [c in self.things for c in self.classes])
 
     @property
+    def flat_mask(self) -> np.ndarray:
+        """(K + 1,) bool, True at the indices of flat (ground) classes (index 0 is False)."""
+        return np.array([False] + [c in self.flat for c in self.classes])
+
+    @property
     def all_candidates(self) -> int:
         """Bitmask with every class possible."""
         return (1 << self.num_classes) - 1
@@ -159,11 +165,13 @@ NUSCENES16 = LabelSpace(
     "nuscenes16",
     CHALLENGE_CLASSES,
     frozenset(CHALLENGE_CLASSES[:10]),
+    frozenset({"driveable_surface", "other_flat", "sidewalk", "terrain"}),
 )
 SEMANTICKITTI19 = LabelSpace(
     "semantickitti19",
     SEMANTICKITTI_CLASSES,
     frozenset(SEMANTICKITTI_CLASSES[:8]),
+    frozenset({"road", "parking", "sidewalk", "other-ground", "terrain"}),
 )
 LABEL_SPACES: dict[str, LabelSpace] = {s.name: s for s in (NUSCENES16, SEMANTICKITTI19)}
 

@@ -153,6 +153,156 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(value)
 
 
+# --- scopes: what a key is for -------------------------------------------------------------------------
+#
+# A key is part of the experiment unless the schema marks it ``x-scope``:
+# - ``evaluation``: it only changes how results are scored (e.g. ``presegment.split_min_points``) or
+#   which baselines are scored beside them; production rules never see it, evaluation rules do;
+# - ``runtime``: it only changes where or how fast a job runs (e.g. ``masks.encoder_batch``); it is
+#   not a ``params:`` of any rule (a change re-runs nothing) and a job reads it through
+#   :func:`lidarlift.workflow.runtime_settings`.
+
+SCOPES = ("evaluation", "runtime")
+
+
+def scoped_keys(scope: str, schema: dict[str, Any] | None = None) -> frozenset[str]:
+    """Dotted keys the schema marks ``x-scope: <scope>``."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; choose one of {SCOPES}")
+    schema = schema if schema is not None else _cached_schema()
+    return frozenset(k for k, sub in iter_keys(schema) if sub.get("x-scope") == scope)
+
+
+_SCHEMA_CACHE: dict[str, Any] = {}
+
+
+def _cached_schema() -> dict[str, Any]:
+    if "schema" not in _SCHEMA_CACHE:
+        _SCHEMA_CACHE["schema"] = load_schema()
+    return _SCHEMA_CACHE["schema"]
+
+
+def _drop(node: dict[str, Any], prefix: str, keys: frozenset[str]) -> dict[str, Any]:
+    out = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if key in keys:
+            continue
+        out[k] = _drop(v, key + ".", keys) if isinstance(v, dict) else copy.deepcopy(v)
+    return out
+
+
+def _keep(node: dict[str, Any], prefix: str, keys: frozenset[str]) -> dict[str, Any]:
+    out = {}
+    for k, v in node.items():
+        key = f"{prefix}{k}"
+        if key in keys:
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and any(s.startswith(key + ".") for s in keys):
+            out[k] = _keep(v, key + ".", keys)
+    return out
+
+
+def production_section(config: dict[str, Any], section: str) -> dict[str, Any]:
+    """A config section without its evaluation and runtime keys: what a production rule takes as
+    ``params:`` (so re-scoring or moving a job to other hardware re-runs nothing)."""
+    keys = scoped_keys("evaluation") | scoped_keys("runtime")
+    return _drop(config.get(section) or {}, f"{section}.", keys)
+
+
+def without_scoped(section: str, cfg: dict[str, Any] | None, scopes: tuple[str, ...] = ("evaluation",)) -> dict[str, Any]:
+    """A section mapping (``cfg``) without the keys the schema marks with one of ``scopes``: what a
+    stage's parameter builder keeps when it is handed a whole section (library calls, tests)."""
+    keys: frozenset[str] = frozenset().union(*(scoped_keys(sc) for sc in scopes))
+    return _drop(dict(cfg or {}), f"{section}.", keys)
+
+
+def scoped_section(config: dict[str, Any], section: str, scope: str) -> dict[str, Any]:
+    """Only the keys of a section that the schema marks ``x-scope: <scope>``."""
+    return _keep(config.get(section) or {}, f"{section}.", scoped_keys(scope))
+
+
+def evaluation_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Everything the evaluation rules take as ``params:``: the ``evaluate`` section and every
+    evaluation-scoped key of the other sections, by section."""
+    out = {"evaluate": copy.deepcopy(config.get("evaluate") or {})}
+    for key in sorted({k.split(".", 1)[0] for k in scoped_keys("evaluation")}):
+        part = scoped_section(config, key, "evaluation")
+        if part:
+            out[key] = part
+    return out
+
+
+# --- typed sections: defaults in one place ---------------------------------------------------------------
+
+
+def subschema(path: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The schema of a config section or key, by dotted path (``"presegment.fast.ground"``)."""
+    root = schema if schema is not None else _cached_schema()
+    node = root
+    for part in path.split("."):
+        props = _resolve(node, root).get("properties") or {}
+        if part not in props:
+            raise KeyError(f"config/schema.yaml has no key {path!r}")
+        node = props[part]
+    return _resolve(node, root)
+
+
+def section(path: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A config section with every default filled from the schema, ``cfg`` merged over them, strings
+    from ``--config`` parsed, and validated: errors name the key (``config key <path>.<key>: ...``).
+    This is where code outside the workflow (library calls, tests, benchmarks) gets a section's
+    defaults: the schema is their only source."""
+    import jsonschema
+
+    root = _cached_schema()
+    sub = subschema(path, root)
+    data = copy.deepcopy(dict(cfg or {}))
+    _coerce(data, sub, root)
+    full = {**sub, "$defs": root.get("$defs", {})}  # keep $defs for references inside the section
+    validator = _with_defaults(jsonschema.Draft202012Validator)(full)
+    errors = sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message))
+    if errors:
+        raise ConfigError([_describe(e, path) for e in errors])
+    return data
+
+
+def typed(cls: type, path: str, cfg: Mapping[str, Any] | None = None, *,
+          drop_scopes: tuple[str, ...] = ("evaluation",)) -> Any:
+    """A parameter dataclass of config section ``path`` from :func:`section` (schema defaults, ``cfg``
+    over them, validated), nested dataclass fields built from their sub-sections, list values turned
+    into tuples where the field is a tuple. Keys the schema marks with one of ``drop_scopes`` that the
+    class has no field for are dropped (a stage's builder handed its whole section). The dataclasses
+    carry no defaults of their own: the schema is the one place."""
+    import dataclasses
+    import typing
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    scoped = frozenset().union(*(scoped_keys(sc) for sc in drop_scopes)) if drop_scopes else frozenset()
+    data = {k: v for k, v in dict(cfg or {}).items() if k in names or f"{path}.{k}" not in scoped}
+    data = section(path, data)
+    return _build_typed(cls, path, data, typing.get_type_hints(cls))
+
+
+def _build_typed(cls: type, path: str, data: dict[str, Any], hints: dict[str, Any]) -> Any:
+    import dataclasses
+    import typing
+
+    kw = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if f.name not in data:
+            raise ConfigError([f"config key {path}.{f.name}: {cls.__name__} needs it but config/schema.yaml has no default"])
+        value, t = data[f.name], hints.get(f.name)
+        if dataclasses.is_dataclass(t):
+            value = _build_typed(t, f"{path}.{f.name}", value, typing.get_type_hints(t))
+        elif typing.get_origin(t) is tuple and isinstance(value, list):
+            value = tuple(value)
+        kw[f.name] = value
+    return cls(**kw)
+
+
 # --- documentation -------------------------------------------------------------------------------------
 
 
@@ -395,9 +545,9 @@ def _with_defaults(validator_cls: Any) -> Any:
     return validators.extend(validator_cls, {"properties": set_defaults})
 
 
-def _describe(error: Any) -> str:
-    """``config key a.b: <problem>`` for one jsonschema error."""
-    path = [str(p) for p in error.absolute_path]
+def _describe(error: Any, prefix: str = "") -> str:
+    """``config key a.b: <problem>`` for one jsonschema error (``prefix``: the section validated)."""
+    path = ([prefix] if prefix else []) + [str(p) for p in error.absolute_path]
     message = error.message
     if error.validator == "additionalProperties":
         allowed = sorted((error.schema.get("properties") or {}).keys())

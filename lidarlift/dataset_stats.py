@@ -20,15 +20,3 @@ def manifest_stats(manifest: Manifest) -> dict[str, Any]:
         "splits": {sp: sum(1 for s in manifest.samples if s.split == sp) for sp in sorted({s.split for s in manifest.samples})},
         "skipped": manifest.skipped,
     }
-
-
-def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summary key ``dataset``: the manifest figures plus the generator's seconds where it ran."""
-    out: dict[str, Any] = {}
-    for m in metrics:
-        if "kind" in m:  # the manifest's figures
-            out.update(m)
-        else:  # the generator's stats
-            out["generation_seconds"] = m.get("seconds")
-    out.setdefault("generation_seconds", None)
-    return out

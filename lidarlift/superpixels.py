@@ -21,23 +21,16 @@ Methods (``method`` in config, registry :data:`METHODS`):
 - ``slic``: ``createSuperpixelSLIC`` (SLICO by default) on the CIE-Lab image, region size chosen so that
   the image holds about ``num_superpixels`` superpixels, then ``enforceLabelConnectivity``.
 
-Metrics (per image, against :func:`lidarlift.groundtruth.image_truth`, at full image resolution). The
-ground-truth segment of a pixel is its instance key where it has one, else its class (0..16; sky and
-ignored classes share class 0):
-- boundary recall: ground-truth boundary pixels (pixels whose right or lower neighbour lies in another
-  segment) with a superpixel boundary pixel (same rule) within ``boundary_tolerance`` px (Euclidean);
-- undersegmentation error, Neubert & Protzel's corrected form:
-  ``UE = (1 / N) * sum_S sum_G min(|S & G|, |S - G|)`` over superpixels S and ground-truth segments G
-  that overlap S, N = number of pixels; every pixel leaking out of a segment counts once, the smaller
-  side of each overlap;
-- seconds per image: resize, colour conversion and superpixels (not file reading), on ``threads`` cores.
-Metrics files hold counts; :func:`summarize` sums them before dividing.
+Stats (what the job did, no ground truth; quality is measured by :mod:`lidarlift.evaluate.superpixels`):
+images, superpixels, and seconds per image (resize, colour conversion and superpixels, not file
+reading) on ``threads`` cores.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -53,63 +46,54 @@ log = logging.getLogger("lidarlift.superpixels")
 IUPC_WORKING_WIDTH = 640
 
 
-@dataclass
+@dataclass(frozen=True)
 class SeedsParams:
-    """OpenCV SEEDS settings; defaults are IUPC's (prepare_nusc_superpixel.py)."""
+    """OpenCV SEEDS settings (``superpixels.seeds``; the schema's defaults are IUPC's, prepare_nusc_superpixel.py)."""
 
-    num_levels: int = 5
-    prior: int = 5
-    histogram_bins: int = 10
-    double_step: bool = True
-    iterations: int = 10
-    equalize_y: bool = True  # equalise the Y channel of YUV before the HSV conversion
+    num_levels: int
+    prior: int
+    histogram_bins: int
+    double_step: bool
+    iterations: int
+    equalize_y: bool  # equalise the Y channel of YUV before the HSV conversion
 
 
-@dataclass
+@dataclass(frozen=True)
 class SlicParams:
-    """OpenCV SLIC settings (``algorithm``: slic | slico | mslic)."""
+    """OpenCV SLIC settings (``superpixels.slic``; ``algorithm``: slic | slico | mslic)."""
 
-    algorithm: str = "slico"
-    ruler: float = 10.0
-    iterations: int = 10
-    min_element_size: int = 25  # percent of the nominal superpixel size, for enforceLabelConnectivity
-    blur: bool = True  # 3x3 Gaussian blur first, as OpenCV recommends
+    algorithm: str
+    ruler: float
+    iterations: int
+    min_element_size: int  # percent of the nominal superpixel size, for enforceLabelConnectivity
+    blur: bool  # 3x3 Gaussian blur first, as OpenCV recommends
 
 
-@dataclass
+@dataclass(frozen=True)
 class SuperpixelParams:
-    """The ``superpixels`` config section."""
+    """The ``superpixels`` config section (defaults: config/schema.yaml)."""
 
-    method: str = "seeds"
-    scale: float | str = "auto"
-    working_width: int = IUPC_WORKING_WIDTH
-    num_superpixels: int = 1024
-    boundary_tolerance: float = 2.0
-    seeds: SeedsParams = field(default_factory=SeedsParams)
-    slic: SlicParams = field(default_factory=SlicParams)
+    method: str
+    scale: float | str
+    working_width: int
+    num_superpixels: int
+    seeds: SeedsParams
+    slic: SlicParams
 
     @staticmethod
-    def from_config(cfg: dict[str, Any] | None) -> "SuperpixelParams":
-        cfg = dict(cfg or {})
-        seeds = SeedsParams(**dict(cfg.pop("seeds", {}) or {}))
-        slic = SlicParams(**dict(cfg.pop("slic", {}) or {}))
-        unknown = sorted(set(cfg) - set(SuperpixelParams.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"config section superpixels: unknown keys {unknown}")
-        p = SuperpixelParams(seeds=seeds, slic=slic, **cfg)
-        if isinstance(p.scale, str) and p.scale != "auto":
-            try:  # Snakemake's --config leaves numbers in nested sections as strings
-                p.scale = float(p.scale)
+    def from_config(cfg: dict[str, Any] | None = None) -> "SuperpixelParams":
+        """From the section (missing keys take the schema's defaults); bad values raise naming the key."""
+        from lidarlift.config import typed
+
+        p = typed(SuperpixelParams, "superpixels", cfg)
+        if isinstance(p.scale, str) and p.scale != "auto":  # a number given as text (--config)
+            try:
+                p = dataclasses.replace(p, scale=float(p.scale))
             except ValueError:
                 pass
-        if p.method not in METHODS:
-            raise ValueError(f"config key superpixels.method: unknown method {p.method!r}; choose one of {sorted(METHODS)}")
         if p.scale != "auto" and not (isinstance(p.scale, (int, float)) and not isinstance(p.scale, bool)
                                       and 0 < float(p.scale) <= 4):
             raise ValueError(f"config key superpixels.scale must be 'auto' or a number in (0, 4], got {p.scale!r}")
-        if p.slic.algorithm not in _SLIC_ALGORITHMS:
-            raise ValueError(f"config key superpixels.slic.algorithm: unknown {p.slic.algorithm!r}; "
-                             f"choose one of {sorted(_SLIC_ALGORITHMS)}")
         return p
 
 
@@ -216,7 +200,7 @@ METHODS: dict[str, Callable[[np.ndarray, tuple[int, int], SuperpixelParams], np.
 
 def superpixel_labels(image: np.ndarray, params: SuperpixelParams | None = None) -> tuple[np.ndarray, float]:
     """Superpixels of one (H, W, 3) uint8 RGB image: ((h, w) int32 ids, scale) at the working resolution."""
-    params = params or SuperpixelParams()
+    params = params or SuperpixelParams.from_config()
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"superpixels need an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
     scale = working_scale(image.shape[1], params)
@@ -224,84 +208,16 @@ def superpixel_labels(image: np.ndarray, params: SuperpixelParams | None = None)
     return METHODS[params.method](image, size, params), scale
 
 
-# ---------------------------------------------------------------------------------------------- metrics
-
-def segment_key(label: np.ndarray, instance: np.ndarray) -> np.ndarray:
-    """Ground-truth segment of each pixel: its instance key where > 0, else its class (int64)."""
-    return np.where(instance > 0, instance, label.astype(np.int64))
-
-
-def boundary_map(seg: np.ndarray) -> np.ndarray:
-    """(H, W) bool: pixels whose right or lower neighbour belongs to another segment."""
-    b = np.zeros(seg.shape, bool)
-    b[:, :-1] |= seg[:, :-1] != seg[:, 1:]
-    b[:-1, :] |= seg[:-1, :] != seg[1:, :]
-    return b
-
-
-def boundary_recall_counts(sp: np.ndarray, gt: np.ndarray, tolerance: float = 2.0,
-                           valid: np.ndarray | None = None) -> tuple[int, int]:
-    """(recalled, total) ground-truth boundary pixels with a superpixel boundary within ``tolerance`` px.
-
-    ``sp`` and ``gt``: (H, W) integer maps at the same resolution; ``valid``: optional (H, W) bool of
-    pixels to count.
-    """
-    import cv2
-
-    gt_b = boundary_map(gt)
-    if valid is not None:
-        gt_b &= valid
-    total = int(gt_b.sum())
-    if total == 0:
-        return 0, 0
-    sp_b = boundary_map(sp)
-    # distance of every pixel to the nearest superpixel boundary pixel (0 on boundary pixels)
-    dist = cv2.distanceTransform((~sp_b).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return int((dist[gt_b] <= tolerance).sum()), total
-
-
-def undersegmentation_counts(sp: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> tuple[int, int]:
-    """(leak, N): ``sum_S sum_G min(|S & G|, |S - G|)`` and the pixel count N (corrected UE = leak / N).
-
-    ``sp`` and ``gt``: (H, W) integer maps at the same resolution; pixels outside ``valid`` are left out.
-    """
-    sp = sp.ravel()
-    gt = gt.ravel()
-    if valid is not None:
-        sp, gt = sp[valid.ravel()], gt[valid.ravel()]
-    if sp.size == 0:
-        return 0, 0
-    _, s_idx = np.unique(sp, return_inverse=True)
-    _, g_idx = np.unique(gt, return_inverse=True)
-    n_g = int(g_idx.max()) + 1
-    pair, counts = np.unique(s_idx.astype(np.int64) * n_g + g_idx, return_counts=True)
-    area = np.bincount(s_idx)[pair // n_g]
-    return int(np.minimum(counts, area - counts).sum()), int(sp.size)
-
-
-def image_metrics(sp: np.ndarray, label: np.ndarray, instance: np.ndarray, tolerance: float = 2.0) -> dict[str, int]:
-    """Counts of one image: ``sp`` (h, w) working-resolution ids; truth (H, W) at full resolution."""
-    H, W = label.shape
-    full = upsample_labels(sp, W, H)
-    gt = segment_key(label, instance)
-    recalled, total = boundary_recall_counts(full, gt, tolerance)
-    leak, n = undersegmentation_counts(full, gt)
-    return {"recalled_boundary_pixels": recalled, "gt_boundary_pixels": total,
-            "undersegmentation_leak": leak, "truth_pixels": n}
-
-
 # ---------------------------------------------------------------------------------------------- stage
 
-def run_shard(manifest_path: str, shard: str, store_path: str, metrics_path: str,
+def run_shard(manifest_path: str, shard: str, store_path: str, stats_path: str | None,
               params: dict[str, Any] | None = None, bad_sample_policy: str = "error", threads: int = 1) -> dict[str, Any]:
-    """Superpixels of every camera image of ``shard``: writes the store and the metrics file.
+    """Superpixels of every camera image of ``shard``: writes the store and the stats file.
 
     ``bad_sample_policy``: 'error' raises the reader's DatasetError (naming sample and file); 'skip' leaves
-    that image's label map at -1 and records ``{sample, file, reason}`` under ``skipped`` in the metrics.
+    that image's label map at -1 and records ``{sample, file, reason}`` under ``skipped`` in the stats.
     """
     import cv2
-
-    from lidarlift.groundtruth import image_truth
 
     if bad_sample_policy not in ("error", "skip"):
         raise ValueError(f"config key dataset.bad_sample_policy: expected 'error' or 'skip', got {bad_sample_policy!r}")
@@ -320,8 +236,7 @@ def run_shard(manifest_path: str, shard: str, store_path: str, metrics_path: str
     w, h = working_size(W, H, scale)
     n_cam = len(manifest.cameras)
     labels = np.full((len(samples) * n_cam, h, w), -1, np.int32)
-    counts = {"images": 0, "superpixels": 0, "seconds": 0.0, "cpu_seconds": 0.0, "recalled_boundary_pixels": 0,
-              "gt_boundary_pixels": 0, "undersegmentation_leak": 0, "truth_pixels": 0, "images_with_truth": 0}
+    counts = {"images": 0, "superpixels": 0, "seconds": 0.0, "cpu_seconds": 0.0}
     skipped: list[dict[str, str]] = []
     for s_i, sample in enumerate(samples):
         for c_i, cam in enumerate(sample.cameras):
@@ -344,43 +259,16 @@ def run_shard(manifest_path: str, shard: str, store_path: str, metrics_path: str
             counts["images"] += 1
             counts["superpixels"] += int(len(np.unique(sp)))
             labels[s_i * n_cam + c_i] = sp
-            truth = image_truth(manifest, sample, c_i)
-            if truth is not None:
-                for k, v in image_metrics(sp, *truth, tolerance=p.boundary_tolerance).items():
-                    counts[k] += v
-                counts["images_with_truth"] += 1
     _SEEDS_CACHE.clear()  # free SEEDS' histograms
     attrs = {"scale": scale, "scale_xy": [w / W, h / H], "method": p.method, "image_size": [W, H], "working_size": [w, h]}
     with A.write_store(store_path, "superpixels", shard=shard, sample_tokens=[s.token for s in samples],
                        params=_plain(params or {}), **attrs) as g:
         A.put(g, "labels", labels)
-    metrics = {"shard": shard, **attrs, **counts, "skipped": skipped}
-    write_json(metrics_path, metrics)
-    log.info("shard %s: %d images, %.3f s/image, %s", shard, counts["images"],
-             counts["seconds"] / max(1, counts["images"]), summarize([metrics]))
-    return metrics
-
-
-def summarize(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Summary key ``superpixels``: boundary_recall, undersegmentation_error, seconds_per_image (counts summed first)."""
-    tot = {k: sum(m.get(k, 0) for m in metrics) for k in (
-        "images", "superpixels", "seconds", "cpu_seconds", "recalled_boundary_pixels", "gt_boundary_pixels",
-        "undersegmentation_leak", "truth_pixels", "images_with_truth")}
-    ratio = lambda a, b: (float(a) / b) if b else None  # noqa: E731
-    methods = sorted({m.get("method") for m in metrics if m.get("method")})
-    scales = sorted({m.get("scale") for m in metrics if m.get("scale") is not None})
-    return {
-        "boundary_recall": ratio(tot["recalled_boundary_pixels"], tot["gt_boundary_pixels"]),
-        "undersegmentation_error": ratio(tot["undersegmentation_leak"], tot["truth_pixels"]),
-        "seconds_per_image": ratio(tot["seconds"], tot["images"]),
-        "cpu_seconds_per_image": ratio(tot["cpu_seconds"], tot["images"]),
-        "superpixels_per_image": ratio(tot["superpixels"], tot["images"]),
-        "images": tot["images"],
-        "images_with_truth": tot["images_with_truth"],
-        "method": methods[0] if len(methods) == 1 else methods,
-        "scale": scales[0] if len(scales) == 1 else scales,
-        "skipped": [s for m in metrics for s in m.get("skipped", [])],
-    }
+    stats = {"shard": shard, **attrs, **counts, "skipped": skipped}
+    if stats_path is not None:
+        write_json(stats_path, stats)
+    log.info("shard %s: %d images, %.3f s/image", shard, counts["images"], counts["seconds"] / max(1, counts["images"]))
+    return stats
 
 
 def _plain(d: Any) -> Any:

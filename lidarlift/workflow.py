@@ -5,7 +5,6 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,6 +37,15 @@ def job_logging(log_path: str | os.PathLike | None, threads: int = 1) -> Iterato
                 raise
             finally:
                 log.info("job finished in %.2f s", time.perf_counter() - t0)
+
+
+def runtime_settings(smk: Any, section: str) -> dict[str, Any]:
+    """The runtime-only keys (schema ``x-scope: runtime``) of a config section, read from the job's
+    config rather than its ``params:``: they change where or how fast a job runs, not what it makes,
+    so changing them re-runs nothing (:mod:`lidarlift.config`)."""
+    from lidarlift.config import scoped_section
+
+    return scoped_section(smk.config, section, "runtime")
 
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:

@@ -7,11 +7,13 @@ rule associate:
         manifest=manifest_path(),
     output:
         store=directory(f"{RESULTS}/associate/{{shard}}.zarr"),
-        metrics=f"{RESULTS}/associate/{{shard}}.metrics.json",
+        stats=f"{RESULTS}/associate/{{shard}}.stats.json",
     log:
         f"{RESULTS}/logs/associate/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/associate/{{shard}}.tsv"
+    group:
+        SHARD_GROUP
     conda:
         "../envs/lidarlift.yaml"
     threads: 1
@@ -24,4 +26,4 @@ rule associate:
         "../workflow/scripts/associate.py"
 
 
-SUMMARY_INPUTS["association"] = per_shard(f"{RESULTS}/associate/{{shard}}.metrics.json")
+STATS_INPUTS["association"] = per_shard(f"{RESULTS}/associate/{{shard}}.stats.json")

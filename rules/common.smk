@@ -1,7 +1,5 @@
 # Helpers shared by all rules/*.smk files: shard lists, path builders, per-stage params.
-import json
-from pathlib import Path
-
+from lidarlift.config import evaluation_settings, production_section
 from lidarlift.shards import list_shards
 
 RESULTS = config["results"]
@@ -14,9 +12,15 @@ wildcard_constraints:
     round=r"\d+",
 
 
-# Each rules/*.smk file registers the per-stage metrics files that the summary merges:
-# SUMMARY_INPUTS[<summary key>] = [paths]
-SUMMARY_INPUTS = {}
+# The per-shard CPU stages before the masks (association, superpixels, pre-segments and their baseline)
+# form one group: under a cluster executor a shard's chain is one submission (profiles/slurm packs
+# several shards per job with group-components); local runs ignore groups.
+SHARD_GROUP = "shard_cpu"
+
+
+# Each rules/*.smk file registers the stats files its production jobs write (what they did, how long it
+# took; no ground truth), merged into results/summary.json: STATS_INPUTS[<summary key>] = [paths]
+STATS_INPUTS = {}
 
 
 def manifest_path():
@@ -34,12 +38,8 @@ def per_shard(pattern, **kw):
     return expand(pattern, shard=SHARDS, results=RESULTS, **kw)
 
 
-def summary_inputs():
-    return [f"{RESULTS}/summary.json"]
-
-
-def all_metrics(wildcards):
-    return {key: list(paths) for key, paths in SUMMARY_INPUTS.items()}
+def stats_inputs(wildcards=None):
+    return {key: list(paths) for key, paths in STATS_INPUTS.items()}
 
 
 def world_params():
@@ -49,5 +49,12 @@ def world_params():
 
 
 def stage_params(section):
-    """The config section of a stage, passed as ``params:`` so Snakemake's params trigger sees changes."""
-    return config.get(section, {})
+    """A stage's config section as ``params:`` (so Snakemake's params trigger sees changes), without its
+    evaluation-only and runtime-only keys (schema x-scope): re-scoring or moving a job re-runs nothing.
+    """
+    return production_section(config, section)
+
+
+def eval_params():
+    """What the evaluation rules take as ``params:``: the evaluate section and every evaluation-only key."""
+    return evaluation_settings(config)

@@ -1,4 +1,4 @@
-# The dataset: the synthetic world (when dataset.kind is synthetic), its manifest, and the run summary.
+# The dataset: the synthetic world (when dataset.kind is synthetic) and its manifest.
 
 
 # Generate the synthetic nuScenes-format world that the default DAG runs on.
@@ -44,23 +44,6 @@ rule manifest:
         "../workflow/scripts/manifest.py"
 
 
-SUMMARY_INPUTS["dataset"] = [f"{RESULTS}/manifest.metrics.json"] + (
+STATS_INPUTS["dataset"] = [f"{RESULTS}/manifest.metrics.json"] + (
     [f"{RESULTS}/synth/stats.json"] if config["dataset"]["kind"] == "synthetic" else []
 )
-
-
-# Merge every stage's metrics into results/summary.json, the run's scoreboard.
-rule summary:
-    input:
-        unpack(all_metrics),
-        manifest=manifest_path(),
-    output:
-        summary=f"{RESULTS}/summary.json",
-    log:
-        f"{RESULTS}/logs/summary.log",
-    conda:
-        "../envs/lidarlift.yaml"
-    params:
-        labels=stage_params("labels"),
-    script:
-        "../workflow/scripts/summary.py"

@@ -5,7 +5,29 @@ from lidarlift.evaluate.plan import EvaluationPlan
 EVAL = EvaluationPlan(config, SHARDS, ROUNDS, RESULTS, manifest_path())
 
 
-# Score network rounds, full supervision and pseudo-labels; cross-check the final round with the devkit.
+# Score every production store of one shard against its ground truth (counts; lidarlift.evaluate.shard).
+rule evaluate_shard:
+    input:
+        unpack(EVAL.shard_inputs),
+    output:
+        counts=f"{RESULTS}/evaluate/shards/{{shard}}.json",
+    log:
+        f"{RESULTS}/logs/evaluate/shards/{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/shards/{{shard}}.tsv"
+    conda:
+        "../envs/lidarlift.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+    params:
+        settings=eval_params(),
+        stores=EVAL.shard_params,
+    script:
+        "../workflow/scripts/evaluate_shard.py"
+
+
+# Merge the shards' counts into every quality figure; cross-check the final round with the devkit.
 rule evaluate:
     input:
         unpack(EVAL.evaluate_inputs),
@@ -19,12 +41,14 @@ rule evaluate:
         f"{RESULTS}/benchmarks/evaluate.tsv"
     conda:
         "../envs/lidarlift.yaml"
-    threads: 2
+    threads: 1
     resources:
         mem_mb=4000,
     params:
-        evaluate=stage_params("evaluate"),
-        stores=EVAL.stores(),
+        settings=eval_params(),
+        eval_shards=EVAL.eval_shards,
+        final_round=EVAL.final_round,
+        devkit_stores=EVAL.devkit_stores(),
     script:
         "../workflow/scripts/evaluate.py"
 
@@ -57,7 +81,7 @@ rule export:
 # Report tables and figures: headline, label quality, stage quality, confusion matrix, training curves.
 rule report_tables:
     input:
-        unpack(EVAL.tables_inputs(SUMMARY_INPUTS)),
+        unpack(EVAL.tables_inputs),
     output:
         headline=report(
             f"{EVAL.report_dir}/headline.html",
@@ -172,7 +196,7 @@ rule report_benchmarks:
         "../workflow/scripts/evaluate_benchmarks.py"
 
 
-# Index of the report's files (each checked), read by the summary, so `rule all` pulls the report in.
+# Index of the report's files (each checked); `rule all` asks for it beside the summary.
 rule report_index:
     input:
         files=EVAL.report_files(),
@@ -195,4 +219,16 @@ rule report_index:
         "../workflow/scripts/evaluate_index.py"
 
 
-SUMMARY_INPUTS["evaluation"] = EVAL.summary_inputs()
+# The run's scoreboard: the jobs' stats and the evaluation's figures merged (JSON only, no stage code).
+rule summary:
+    input:
+        unpack(stats_inputs),
+        unpack(EVAL.summary_inputs),
+    output:
+        summary=f"{RESULTS}/summary.json",
+    log:
+        f"{RESULTS}/logs/summary.log",
+    conda:
+        "../envs/lidarlift.yaml"
+    script:
+        "../workflow/scripts/summary.py"

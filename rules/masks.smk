@@ -14,7 +14,7 @@ rule masks:
         associate=f"{RESULTS}/associate/{{shard}}.zarr",
     output:
         store=directory(f"{RESULTS}/masks/{{shard}}.zarr"),
-        metrics=f"{RESULTS}/masks/{{shard}}.metrics.json",
+        stats=f"{RESULTS}/masks/{{shard}}.stats.json",
     log:
         f"{RESULTS}/logs/masks/{{shard}}.log",
     benchmark:
@@ -27,9 +27,8 @@ rule masks:
         gpu=MASKS_GPUS,
     params:
         masks=stage_params("masks"),
-        labels=stage_params("labels"),
     script:
         "../workflow/scripts/masks.py"
 
 
-SUMMARY_INPUTS["masks"] = per_shard(f"{RESULTS}/masks/{{shard}}.metrics.json")
+STATS_INPUTS["masks"] = per_shard(f"{RESULTS}/masks/{{shard}}.stats.json")

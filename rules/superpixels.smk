@@ -7,11 +7,13 @@ rule superpixels:
         manifest=manifest_path(),
     output:
         store=directory(f"{RESULTS}/superpixels/{{shard}}.zarr"),
-        metrics=f"{RESULTS}/superpixels/{{shard}}.metrics.json",
+        stats=f"{RESULTS}/superpixels/{{shard}}.stats.json",
     log:
         f"{RESULTS}/logs/superpixels/{{shard}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/superpixels/{{shard}}.tsv"
+    group:
+        SHARD_GROUP
     conda:
         "../envs/lidarlift.yaml"
     threads: 1
@@ -24,6 +26,4 @@ rule superpixels:
         "../workflow/scripts/superpixels.py"
 
 
-SUMMARY_INPUTS["superpixels"] = per_shard(
-    f"{RESULTS}/superpixels/{{shard}}.metrics.json"
-)
+STATS_INPUTS["superpixels"] = per_shard(f"{RESULTS}/superpixels/{{shard}}.stats.json")

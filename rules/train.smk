@@ -1,9 +1,12 @@
 # The M-step: the segmentation network per EM round (on the train split's pseudo-labels) and the fully
 # supervised baseline (on ground truth), and their predictions for every shard.
-from lidarlift.model.data import train_layout
+from lidarlift.model.layout import train_layout
+from lidarlift.temporal_plan import TemporalPlan
 
 # Train / val shards of this run (the dataset's official splits), GPUs and threads per job.
 TRAIN_LAYOUT = train_layout(config, SHARDS)
+# The train shards' temporal labels per round (rules/temporal.smk; none unless temporal.enabled).
+TEMPORAL = TemporalPlan(config, SHARDS, ROUNDS, RESULTS)
 
 
 # Train the network on the pseudo-labels of one EM round (train split); rank 0 writes the model.
@@ -13,6 +16,7 @@ rule train:
             f"{RESULTS}/pseudolabels/r{{{{round}}}}/{{shard}}.zarr",
             shard=TRAIN_LAYOUT.train_shards,
         ),
+        temporal=TEMPORAL.train_stores,
         manifest=manifest_path(),
     output:
         model=f"{RESULTS}/train/r{{round}}/model.pt",
@@ -67,7 +71,7 @@ rule predict:
         manifest=manifest_path(),
     output:
         store=directory(f"{RESULTS}/predict/r{{round}}/{{shard}}.zarr"),
-        metrics=f"{RESULTS}/predict/r{{round}}/{{shard}}.metrics.json",
+        stats=f"{RESULTS}/predict/r{{round}}/{{shard}}.stats.json",
     log:
         f"{RESULTS}/logs/predict/r{{round}}/{{shard}}.log",
     benchmark:
@@ -92,7 +96,7 @@ rule predict_full:
         manifest=manifest_path(),
     output:
         store=directory(f"{RESULTS}/predict/full/{{shard}}.zarr"),
-        metrics=f"{RESULTS}/predict/full/{{shard}}.metrics.json",
+        stats=f"{RESULTS}/predict/full/{{shard}}.stats.json",
     log:
         f"{RESULTS}/logs/predict/full/{{shard}}.log",
     benchmark:
@@ -110,17 +114,17 @@ rule predict_full:
         "../workflow/scripts/predict.py"
 
 
-# training.*: per round the train metrics and the predictions of every shard (val for the mIoU, train
-# for how well the network labels the training scenes); the baseline's train metrics and val predictions.
-SUMMARY_INPUTS["training"] = (
+# training.*: what each train job reports about itself (seconds, device, losses, throughput) and the
+# predict jobs' seconds; the networks' quality comes from the evaluation.
+STATS_INPUTS["training"] = (
     expand(f"{RESULTS}/train/r{{round}}/metrics.json", round=ROUNDS)
     + expand(
-        f"{RESULTS}/predict/r{{round}}/{{shard}}.metrics.json",
+        f"{RESULTS}/predict/r{{round}}/{{shard}}.stats.json",
         round=ROUNDS,
         shard=SHARDS,
     )
     + [f"{RESULTS}/train/full/metrics.json"]
     + expand(
-        f"{RESULTS}/predict/full/{{shard}}.metrics.json", shard=TRAIN_LAYOUT.val_shards
+        f"{RESULTS}/predict/full/{{shard}}.stats.json", shard=TRAIN_LAYOUT.val_shards
     )
 )

@@ -29,6 +29,7 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 #: JSON-schema keywords a property may use; anything else is a typo or a YAML flow-mapping accident
 #: (an unquoted comma inside {description: ...} splits the text into a bogus key).
 KNOWN_KEYWORDS = {
+    "x-scope",  # lidarlift's own: evaluation- or runtime-only keys (lidarlift.config.scoped_keys)
     "type", "default", "description", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
     "exclusiveMaximum", "multipleOf", "items", "minItems", "maxItems", "uniqueItems", "properties",
     "additionalProperties", "required", "pattern", "minLength", "maxLength", "$ref", "anyOf", "oneOf",
@@ -201,7 +202,7 @@ def test_cli_validate_config(capsys, tmp_path):
 def test_cli_config_docs_check_and_shards(capsys):
     assert cli.main(["config-docs", "--check"]) == 0
     assert cli.main(["shards", "--set", "synth.scenes=3"]) == 0
-    assert capsys.readouterr().out.split()[-3:] == ["scene-0061", "scene-0103", "scene-0553"]
+    assert capsys.readouterr().out.split()[-3:] == ["scene-0061", "scene-0103", "scene-0916"]
 
 
 def test_console_script_is_installed():

@@ -9,7 +9,10 @@ import pytest
 from lidarlift.classes import NUSCENES16
 from lidarlift.evaluate import devkit as D
 from lidarlift.evaluate.instances import cluster_instances
-from lidarlift.evaluate.run import Scorer, devkit_check, gt_segment_key, keyframe_xyz
+from lidarlift.evaluate.merge import network_scores
+from lidarlift.evaluate.metrics import PanopticAccumulator, confusion_matrix
+from lidarlift.evaluate.run import devkit_check, keyframe_xyz
+from lidarlift.evaluate.truth import segment_key
 from lidarlift.groundtruth import point_truth
 
 MINI_VAL = ("scene-0103", "scene-0916")
@@ -79,11 +82,14 @@ def _random_predictions(manifest, samples, seed):
 
 
 def _project(manifest, arrays):
-    scorer = Scorer(NUSCENES16, 15)
+    """The project's scores of the predictions: the counts the evaluation keeps, then its figures."""
+    cm = np.zeros((17, 17), np.int64)
+    acc = PanopticAccumulator(NUSCENES16, 15)
     for s, sem, inst in arrays:
         t = point_truth(manifest, s)
-        scorer.add(t.label.astype(np.int64), gt_segment_key(t.fine, t.instance), sem.astype(np.int64), inst)
-    return scorer.report()
+        cm += confusion_matrix(t.label.astype(np.int64), sem.astype(np.int64), 16)
+        acc.add(sem.astype(np.int64), inst, t.label.astype(np.int64), segment_key(t.fine, t.instance))
+    return network_scores({"confusion": cm.tolist(), "panoptic": acc.counts(), "samples": len(arrays)}, NUSCENES16, 15)
 
 
 def test_project_and_devkit_agree_on_random_predictions(manifest, nusc, eval_split, tmp_path):

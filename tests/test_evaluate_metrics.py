@@ -11,7 +11,7 @@ from lidarlift.evaluate.metrics import (
     PanopticAccumulator, confusion_matrix, lidarseg_scores, max_abs_diff, panoptic_report, semantic_report,
     semantickitti_scores,
 )
-from lidarlift.evaluate.run import gt_segment_key
+from lidarlift.evaluate.truth import segment_key as gt_segment_key
 
 CAR, PED, ROAD, VEG = (NUSCENES16.index(c) for c in ("car", "pedestrian", "driveable_surface", "vegetation"))
 
@@ -161,7 +161,7 @@ def test_cluster_instances_splits_separated_objects_and_keeps_stuff_zero():
     road = rng.uniform(-20, 20, (100, 3))
     xyz = np.vstack([car_a, car_b, ped, road])
     sem = np.array([CAR] * 80 + [PED] * 20 + [ROAD] * 100)
-    inst = cluster_instances(xyz, sem, NUSCENES16, InstanceParams())
+    inst = cluster_instances(xyz, sem, NUSCENES16, InstanceParams.from_config())
     assert set(inst[:50]) == {1} and set(inst[50:80]) == {2}  # numbered by size
     assert set(inst[80:100]) == {1}  # per-class ids
     assert (inst[100:] == 0).all()
@@ -181,7 +181,10 @@ def test_compact_instances_renumbers_per_class_by_size():
     assert out.tolist() == [2, 1, 1, 1, 0, 0]
 
 
-def test_radius_components_equal_brute_force_across_chunks():
+def test_radius_components_equal_brute_force():
+    """The components of the graph linking each point to those of its k nearest neighbours within
+    max(radius_i, radius_j), against a brute-force build of the same graph; with k large enough they
+    are the plain radius graph's components."""
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial.distance import cdist
 
@@ -191,10 +194,15 @@ def test_radius_components_equal_brute_force_across_chunks():
     xyz = np.vstack([rng.normal(c, 0.6, (120, 3)) for c in ([0, 0, 0], [3, 0, 0], [0, 4, 0], [9, 9, 0])])
     radius = rng.uniform(0.2, 0.7, len(xyz))
     d = cdist(xyz, xyz)
-    adj = d < np.maximum(radius[:, None], radius[None, :])
-    _, want = connected_components(adj, directed=False)
-    for chunk in (7, 64, 10_000):
-        got = radius_components(xyz, radius, chunk=chunk)
-        # the same partition (labels may be numbered differently)
-        pairs = set(zip(got.tolist(), want.tolist()))
-        assert len(pairs) == len(set(got.tolist())) == len(set(want.tolist())), chunk
+    np.fill_diagonal(d, np.inf)
+    within = d < np.maximum(radius[:, None], radius[None, :])
+    for k in (3, 16, len(xyz)):
+        knn = np.zeros_like(within)
+        nearest = np.argsort(d, axis=1)[:, :k]
+        knn[np.arange(len(xyz))[:, None], nearest] = True
+        _, want = connected_components(within & knn, directed=False)
+        got = radius_components(xyz, radius, k=k)
+        pairs = set(zip(got.tolist(), want.tolist()))  # the same partition (numbered differently)
+        assert len(pairs) == len(set(got.tolist())) == len(set(want.tolist())), k
+    _, plain = connected_components(within, directed=False)
+    assert len(set(radius_components(xyz, radius, k=len(xyz)).tolist())) == len(set(plain.tolist()))

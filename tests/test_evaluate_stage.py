@@ -1,5 +1,6 @@
-"""The evaluate and export stages on stores over the synthetic world: known answers (ground truth
-scores 1), the summary's acceptance keys, exports that read back equal, and clear errors."""
+"""The evaluation rules (evaluate_shard, evaluate) and the export on stores over the synthetic world:
+known answers (ground truth scores 1), the summary's acceptance keys, exports that read back equal, and
+clear errors."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,10 @@ import pytest
 from lidarlift import artifacts as A
 from lidarlift.classes import NUSCENES16, candidate_bit
 from lidarlift.evaluate import export as E
-from lidarlift.evaluate import summarize
-from lidarlift.evaluate.run import EvaluateInputs, EvaluationError, evaluate, export_source
+from lidarlift.evaluate.merge import merge
+from lidarlift.evaluate.run import export_source
+from lidarlift.evaluate.shard import EvaluationError, evaluate_shard
+from lidarlift.summary import build_summary
 from lidarlift.groundtruth import point_truth
 
 
@@ -62,18 +65,28 @@ def run(world, tmp_path_factory):
     return m, res
 
 
-def _inputs(m, res, network, splits=("val",)):
-    shards = [s for s in m.shards if m.split_of(s) in splits]
-    train = [s for s in m.shards if m.split_of(s) == "train"]
-    return EvaluateInputs(network={0: {s: res / "predict" / network / f"{s}.zarr" for s in shards}},
-                          full={s: res / "predict" / "perfect" / f"{s}.zarr" for s in shards},
-                          pseudolabels={0: {s: res / "pseudolabels" / f"{s}.zarr" for s in train}})
+def evaluate(m, res, network, devkit_dir, confusion_path=None, cfg=None):
+    """evaluate_shard on every shard (network on val, full supervision = perfect, pseudo-labels on
+    train), then the merge with the devkit cross-check of the val shards."""
+    files = []
+    for s in m.shards:
+        val = m.split_of(s) == "val"
+        stores = {"network": {"0": str(res / "predict" / network / f"{s}.zarr")}}
+        if val:
+            stores["network"]["full"] = str(res / "predict" / "perfect" / f"{s}.zarr")
+        else:
+            stores["pseudolabels"] = {"0": str(res / "pseudolabels" / f"{s}.zarr")}
+        files.append(evaluate_shard(res / "manifest.json", s, stores, {"evaluate": cfg or {}}))
+    val = [s for s in m.shards if m.split_of(s) == "val"]
+    return merge(res / "manifest.json", files, val, {"evaluate": cfg or {}}, final_round=0,
+                 network_stores={s: str(res / "predict" / network / f"{s}.zarr") for s in val},
+                 devkit_dir=devkit_dir, confusion_path=confusion_path)
 
 
 def test_ground_truth_scores_one_and_devkit_agrees(run, tmp_path):
     m, res = run
-    out = evaluate(res / "manifest.json", _inputs(m, res, "perfect"), {}, devkit_dir=tmp_path / "devkit",
-                   confusion_path=tmp_path / "cm.npz")
+    metrics = evaluate(m, res, "perfect", tmp_path / "devkit", tmp_path / "cm.npz")
+    out = metrics["evaluation"]
     net = out["network"]
     assert net["miou"] == pytest.approx(1.0) and net["accuracy"] == 1.0
     assert out["devkit_status"] == "agrees" and out["max_abs_diff"] <= 1e-6
@@ -81,10 +94,12 @@ def test_ground_truth_scores_one_and_devkit_agrees(run, tmp_path):
     # semantic truth, but instances from clustering: SQ / RQ below 1 are possible, stuff is exact
     assert net["pq_stuff"] == pytest.approx(np.mean([1.0 if net["iou_per_class"][c] is not None else 0.0
                                                       for c in NUSCENES16.classes if c not in NUSCENES16.things]))
-    pl = out["rounds"][0]["pseudolabels"]
+    pl = metrics["pseudolabels"]
     assert pl["precision"] == 1.0 and 0.45 < pl["labelled_share"] < 0.55
-    assert pl["candidate_contains_truth"] == 1.0 and pl["mean_candidate_size"] <= 2.0
-    assert set(pl["per_source"]) == {"click", "candidates"}
+    assert pl["candidate_contains_truth"] == 1.0 and pl["mean_candidate_set_size"] <= 2.0
+    assert set(pl["by_source"]) == {"click", "candidates"}
+    assert out["rounds"][0]["pseudolabels"]["precision"] == 1.0
+    assert metrics["training"]["ratio_to_full"] == pytest.approx(1.0)
     assert out["headline"][0]["share_of_full"] == pytest.approx(1.0)
     with np.load(tmp_path / "cm.npz") as z:
         assert z["network_r0"].shape == (17, 17) and np.trace(z["network_r0"][1:, 1:]) == z["network_r0"][1:, 1:].sum()
@@ -92,15 +107,21 @@ def test_ground_truth_scores_one_and_devkit_agrees(run, tmp_path):
 
 def test_summary_key_evaluation_has_the_acceptance_keys(run, tmp_path):
     m, res = run
-    metrics = evaluate(res / "manifest.json", _inputs(m, res, "noisy"), {}, devkit_dir=tmp_path / "devkit")
-    s = summarize([metrics, {"kind": "export", "source": "network", "formats": ["nuscenes"], "samples": {"nuscenes": 6}},
-                   {"kind": "report", "files": [{"path": "a.png", "bytes": 10}]}])
+    import json
+
+    (tmp_path / "metrics.json").write_text(json.dumps(evaluate(m, res, "noisy", tmp_path / "devkit")))
+    (tmp_path / "export.json").write_text(json.dumps({"kind": "export", "source": "network", "formats": ["nuscenes"],
+                                                      "samples": {"nuscenes": 6}}))
+    summary = build_summary({}, str(tmp_path / "metrics.json"), [str(tmp_path / "export.json")])
+    s = summary["evaluation"]
     for key in ("miou", "iou_per_class", "pq", "sq", "rq", "pq_things", "pq_stuff", "devkit", "max_abs_diff"):
         assert key in s, key
     assert 0.2 < s["miou"] < 0.9 and set(s["iou_per_class"]) == set(NUSCENES16.classes)
     assert s["max_abs_diff"] <= 1e-6 and s["devkit"]["pq"] == pytest.approx(s["pq"], abs=1e-6)
     assert s["share_of_full"] == pytest.approx(s["miou"])  # full supervision here is perfect
-    assert s["exports"]["network"]["samples"] == {"nuscenes": 6} and s["figures"] == [{"path": "a.png", "bytes": 10}]
+    assert s["exports"]["network"]["samples"] == {"nuscenes": 6}
+    t = summary["training"]
+    assert t["miou"] == s["miou"] and t["ratio_to_full"] == pytest.approx(s["miou"]) and len(t["miou_rounds"]) == 1
 
 
 def test_point_count_mismatch_names_store_and_sample(run, tmp_path):
@@ -113,9 +134,8 @@ def test_point_count_mismatch_names_store_and_sample(run, tmp_path):
         A.put(st, "pred", np.ones(5 * len(samples)))
         A.put(st, "logits", np.zeros((5 * len(samples), 16)))
         A.put(st, "features", np.zeros((5 * len(samples), 1)))
-    inputs = EvaluateInputs(network={0: {shard: bad}}, full={}, pseudolabels={})
     with pytest.raises(EvaluationError, match=f"{bad}.*sample {samples[0].token} has 5 points"):
-        evaluate(res / "manifest.json", inputs, {"devkit_check": False}, devkit_dir=tmp_path / "d")
+        evaluate_shard(res / "manifest.json", shard, {"network": {"0": str(bad)}})
 
 
 def test_export_source_reads_back_equal(run, tmp_path):
@@ -159,8 +179,9 @@ def test_semantickitti_run_uses_19_classes_and_skips_the_devkit(run, tmp_path):
             A.put(st, "pred", np.where(g > 0, g, 1))
             A.put(st, "logits", np.zeros((g.size, 19)))
             A.put(st, "features", np.zeros((g.size, 1)))
-    out = evaluate(tmp_path / "manifest.json", EvaluateInputs(network={0: stores}, full={}, pseudolabels={}), {},
-                   devkit_dir=tmp_path / "devkit")
+    files = [evaluate_shard(tmp_path / "manifest.json", sh, {"network": {"0": str(p)}}) for sh, p in stores.items()]
+    out = merge(tmp_path / "manifest.json", files, list(stores), {}, network_stores={k: str(v) for k, v in stores.items()},
+                devkit_dir=tmp_path / "devkit")["evaluation"]
     net = out["network"]
     assert net["convention"] == "semantic-kitti-api" and len(net["iou_per_class"]) == 19
     present = [v for v in net["iou_per_class"].values() if v > 0]

@@ -14,13 +14,14 @@ from lidarlift import artifacts as A
 from lidarlift.classes import FINE_INDEX, NUSCENES16 as S
 from lidarlift.config import load_config
 from lidarlift.manifest import CameraFrame, LidarFrame, Manifest, SampleRecord
-from lidarlift.pseudolabels import summarize
+from lidarlift.evaluate.merge import score_stores
+from lidarlift.pseudolabels.annotator import shard_clicks
 from lidarlift.pseudolabels.annotation_free import AnnotationFreeParams
 from lidarlift.pseudolabels.clicks import ClickError, read_clicks
 from lidarlift.pseudolabels.estep import EStepParams
 from lidarlift.pseudolabels.propagate import CLICK, NETWORK, GraphParams
 from lidarlift.pseudolabels.simulate2d import Corruption
-from lidarlift.pseudolabels.stage import ClickParams, PseudoLabelError, run_shard, shard_clicks
+from lidarlift.pseudolabels.stage import ClickParams, PseudoLabelError, run_shard
 
 EYE = np.eye(4).tolist()
 W, H = 64, 32  # image size; each camera sees every point of its half of the scene
@@ -132,6 +133,12 @@ def world(tmp_path):
     return make_world(tmp_path / "world")
 
 
+def score(mpath, shard, rounds: dict, baseline=None) -> dict:
+    """The evaluation's pseudolabels figures of the given stores ({round: path}; baseline path or None)."""
+    st = {"pseudolabels": {str(r): str(p) for r, p in rounds.items()}, "pseudolabels_baseline": str(baseline) if baseline else None}
+    return score_stores(mpath, {shard: st})["pseudolabels"]
+
+
 def config(**over):
     cfg = load_config(overrides={"pseudolabels": over})["pseudolabels"]
     cfg["annotation_free"]["simulated"] = {"erosion_px": 0, "confusion": 0.0, "miss": 0.0, "hallucination": 0.0}
@@ -166,10 +173,12 @@ def test_round0_clicks_round1_network_and_summary(world, tmp_path):
     assert A.read(g0, "point_offsets").tolist() == [0, 1200, 2400]
     for name, spec in A.STORES["pseudolabels"].arrays.items():
         assert A.read(g0, name).dtype == np.dtype(spec.dtype)
-    c = m0["counts"]
-    assert c["clicks"] == sum(len(v) for v in back.values())
-    assert c["correct"] / c["judged"] > 0.98 and c["labelled"] / c["points"] > 0.5
-    assert m0["baseline_counts"]["points"] == 2400
+    assert m0["points"] == 2400 and m0["method"] == "ours" and "counts" not in m0  # the job reads no truth
+    b0 = run_shard(mpath, "scene-0001", 0, tmp_path / "b0.zarr", None, cfg, clicks=clicks, baseline=True, **kw)
+    assert b0["method"] == "iupc" and A.open_store(tmp_path / "b0.zarr", "pseudolabels").attrs["method"] == "iupc"
+    q0 = score(mpath, "scene-0001", {0: tmp_path / "r0.zarr"})
+    assert q0["click_share"] * 2400 == sum(len(v) for v in back.values())
+    assert q0["precision"] > 0.98 and q0["labelled_share"] > 0.5
 
     # the network: right where a point is a car or the wall, unsure on the road; features = truth
     truth = np.concatenate([np.repeat([11, 4, 4, 15], [600, 150, 150, 300])] * 2)
@@ -190,9 +199,9 @@ def test_round0_clicks_round1_network_and_summary(world, tmp_path):
     assert np.array_equal(lab1[src0 == CLICK], lab0[src0 == CLICK]) and (src1[src0 == CLICK] == CLICK).all()
     net = src1 == NETWORK
     assert (rnd[net] == 1).all() and (lab1[net] == truth[net]).all()
-    assert m1["counts"]["labelled"] >= m0["counts"]["labelled"]
+    assert (lab1 > 0).sum() >= (lab0 > 0).sum()
     assert (lab0[net] == 0).all()  # the network only fills in what round 0 left open
-    s = summarize([m0, m1])
+    s = score(mpath, "scene-0001", {0: tmp_path / "r0.zarr", 1: tmp_path / "r1.zarr"}, tmp_path / "b0.zarr")
     for key in ("click_share", "labelled_share", "precision", "candidate_share", "candidate_contains_truth"):
         assert key in s
     assert set(s["rounds"]) == {"0", "1"} and s["round"] == 1
@@ -203,11 +212,12 @@ def test_annotation_free_round0_reports_pq_of_both(world, tmp_path):
     """Annotation-free round 0 on exact 2D maps: ours separates the two touching cars (PQ 1), the
     PointSAM-faithful baseline merges them; both PQ values reach the summary."""
     mpath, st = world
-    m = run_shard(mpath, "scene-0001", 0, tmp_path / "af.zarr", tmp_path / "af.json", config(mode="annotation_free"),
-                  associate=st["associate"], presegment=st["presegment"], masks=st["masks"])
-    s = summarize([m])["annotation_free"]
-    assert s["pq_things"] == pytest.approx(1.0) and s["baseline_pq_things"] < 0.5
-    assert s["corruption"]["miss"] == 0.0
+    kw = dict(associate=st["associate"], presegment=st["presegment"], masks=st["masks"])
+    m = run_shard(mpath, "scene-0001", 0, tmp_path / "af.zarr", tmp_path / "af.json", config(mode="annotation_free"), **kw)
+    run_shard(mpath, "scene-0001", 0, tmp_path / "base.zarr", None, config(mode="annotation_free"), baseline=True, **kw)
+    s = score(mpath, "scene-0001", {0: tmp_path / "af.zarr"}, tmp_path / "base.zarr")["annotation_free"]
+    assert s["pq_things"] == pytest.approx(1.0) and s["baseline_pq_things"] < 0.5 and s["baseline_method"] == "pointsam"
+    assert m["annotation_free"]["corruption"]["miss"] == 0.0
     g = A.open_store(tmp_path / "af.zarr", "pseudolabels")
     assert (A.read(g, "instance_id") > 0).sum() == 600
 
@@ -243,14 +253,15 @@ def test_bad_inputs_name_the_problem(world, tmp_path):
                   clicks=tmp_path / "c.tsv", **kw)
 
 
-def test_tiny_world_end_to_end(tiny_world, tmp_path):
-    """On the synthetic world with the real upstream stages (association, pre-segments, weight-free
-    masks; no superpixels, an optional cue): 1 % clicks label most points almost without error, ours beats the IUPC rule
-    set on the same clicks, and the annotation-free mode runs with its baseline."""
+@pytest.fixture(scope="module")
+def tiny_stores(tiny_world, tmp_path_factory):
+    """The first shard of ``tiny_world`` through the real upstream stages (association, pre-segments,
+    weight-free masks; no superpixels, an optional cue): (manifest path, shard, {stage: store})."""
     from lidarlift import associate, presegment
     from lidarlift.datasets import build_manifest
     from lidarlift.masks.stage import run_masks
 
+    tmp_path = tmp_path_factory.mktemp("tiny_stores")
     manifest = build_manifest({"dataroot": str(tiny_world), "version": "v1.0-mini", "format": "nuscenes"})
     mpath = tmp_path / "manifest.json"
     manifest.to_json(mpath)
@@ -261,17 +272,26 @@ def test_tiny_world_end_to_end(tiny_world, tmp_path):
     presegment.run_shard(str(mpath), shard, str(st["presegment"]), str(tmp_path / "p.json"), full.get("presegment"))
     run_masks(str(mpath), shard, str(st["presegment"]), str(st["associate"]), str(st["masks"]), str(tmp_path / "m.json"),
               full.get("masks"))
+    return mpath, shard, st
+
+
+def test_tiny_world_end_to_end(tiny_stores, tmp_path):
+    """On the synthetic world with the real upstream stages: 1 % clicks label most points almost without
+    error, ours beats the IUPC rule set on the same clicks, and the annotation-free mode runs with its baseline."""
+    mpath, shard, st = tiny_stores
     cfg = config()
     cfg["clicks"]["share"] = 0.01
     shard_clicks(mpath, shard, tmp_path / "c.tsv", cfg["clicks"])
-    m = run_shard(mpath, shard, 0, tmp_path / "r0.zarr", tmp_path / "r0.json", cfg, clicks=tmp_path / "c.tsv", **st)
-    s = summarize([m])
+    run_shard(mpath, shard, 0, tmp_path / "r0.zarr", tmp_path / "r0.json", cfg, clicks=tmp_path / "c.tsv", **st)
+    run_shard(mpath, shard, 0, tmp_path / "b0.zarr", None, cfg, clicks=tmp_path / "c.tsv", baseline=True, **st)
+    s = score(mpath, shard, {0: tmp_path / "r0.zarr"}, tmp_path / "b0.zarr")
     assert s["click_share"] == pytest.approx(0.01, rel=0.3)
     assert s["labelled_share"] > 0.75 and s["precision"] > 0.98  # measured: 0.84 at 0.998
     assert s["labelled_share"] > s["baseline"]["labelled_share"] + 0.05  # IUPC's rules: 0.75
-    af = run_shard(mpath, shard, 0, tmp_path / "af.zarr", tmp_path / "af.json", load_config(
-        overrides={"pseudolabels": {"mode": "annotation_free"}})["pseudolabels"], **st)
-    a = summarize([af])["annotation_free"]
+    af_cfg = load_config(overrides={"pseudolabels": {"mode": "annotation_free"}})["pseudolabels"]
+    run_shard(mpath, shard, 0, tmp_path / "af.zarr", tmp_path / "af.json", af_cfg, **st)
+    run_shard(mpath, shard, 0, tmp_path / "afb.zarr", None, af_cfg, baseline=True, **st)
+    a = score(mpath, shard, {0: tmp_path / "af.zarr"}, tmp_path / "afb.zarr")["annotation_free"]
     assert a["pq_things"] > a["baseline_pq_things"] > 0  # measured: 0.29 and 0.22
 
 
@@ -293,3 +313,61 @@ def test_plan_inputs_and_params_per_round_and_mode():
     assert "masks" not in iupc.inputs(w0) and "presegment" in iupc.clicks_inputs(w0)
     af = PseudoLabelPlan(load_config(overrides={"pseudolabels": {"mode": "annotation_free"}}), "res")
     assert "clicks" not in af.inputs(w0) and "masks" in af.inputs(w0)
+
+
+def test_active_protocol_on_tiny_world(tiny_stores, tmp_path):
+    """Protocol active through the clicks job (the simulated annotator answers each round's next-clicks
+    file) and round 0 on the synthetic world: it asks as many points as the budget protocol clicks at
+    the same share and seed, every click carries its point's true class, and the evaluation reports
+    both protocols side by side under pseudolabels.active."""
+    from lidarlift.groundtruth import point_truth
+
+    mpath, shard, st = tiny_stores
+    cfg = config(clicks={"protocol": "active", "share": 0.001, "active_rounds": 2})
+    got = shard_clicks(mpath, shard, tmp_path / "active.tsv", cfg["clicks"], graph=cfg["ours"], **st)
+    uniform = shard_clicks(mpath, shard, tmp_path / "uniform.tsv", {**cfg["clicks"], "protocol": "budget"})
+    assert got["asked"] == uniform["clicks"] > 0
+    manifest = Manifest.from_json(mpath)
+    samples = manifest.shard_samples(shard)
+    truth = {s.token: point_truth(manifest, s).label for s in samples}
+    back = read_clicks(tmp_path / "active.tsv", S, {t: len(v) for t, v in truth.items()})
+    for t, c in back.items():
+        assert np.array_equal(c.label, truth[t][c.point_index]) and (truth[t][c.ignored] == 0).all()
+    for name in ("active", "uniform"):
+        run_shard(mpath, shard, 0, tmp_path / f"{name}.zarr", None, cfg, clicks=tmp_path / f"{name}.tsv", **st)
+    s = score_stores(mpath, {shard: {"pseudolabels": {"0": str(tmp_path / "active.zarr")},
+                                     "pseudolabels_uniform": str(tmp_path / "uniform.zarr")}})["pseudolabels"]
+    a = s["active"]
+    assert (a["protocol"], a["rounds"], a["share"]) == ("active", 2, 0.001)
+    assert a["active"]["labelled_share"] == s["labelled_share"] and a["uniform"]["click_share"] > 0
+
+
+def test_person_answers_the_next_clicks_file(world, tmp_path):
+    """The person's path on the hand-made shard: next_clicks writes the points to click (the budget's
+    share of each keyframe, with coordinates and a reason), the annotator fills the class column, and
+    protocol 'file' reads the answered file as the shard's clicks; a second round given the answers
+    asks about other points only."""
+    from lidarlift.groundtruth import point_truth
+    from lidarlift.pseudolabels.active import next_clicks
+    from lidarlift.pseudolabels.annotator import answer_next_clicks
+
+    mpath, st = world
+    stores = {k: str(v) for k, v in st.items()}
+    cfg = config()
+    nxt = tmp_path / "next.tsv"
+    asked = next_clicks(mpath, ["scene-0001"], lambda shard: stores, 0.005, nxt, cfg)
+    assert asked == {"sample00": 6, "sample01": 6}
+    manifest = Manifest.from_json(mpath)
+    truth = {s.token: point_truth(manifest, s).label for s in manifest.samples}
+    rows = [l.split("\t") for l in nxt.read_text().splitlines()[2:]]
+    assert all(r[6] == "" and r[5] in ("unreached", "candidates", "novel") for r in rows)
+    answer_next_clicks(nxt, truth, S)
+    got = shard_clicks(mpath, "scene-0001", tmp_path / "clicks.tsv", {"protocol": "file", "file": str(nxt)})
+    assert got["clicks"] == 12
+    back = read_clicks(tmp_path / "clicks.tsv", S, {"sample00": 1200, "sample01": 1200})
+    for t, c in back.items():
+        assert np.array_equal(c.label, truth[t][c.point_index])
+    second = tmp_path / "next2.tsv"
+    next_clicks(mpath, ["scene-0001"], lambda shard: stores, 0.005, second, cfg, answered=[nxt])
+    again = {(r.split("\t")[0], r.split("\t")[1]) for r in second.read_text().splitlines()[2:]}
+    assert again and not again & {(r[0], r[1]) for r in rows}

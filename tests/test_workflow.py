@@ -8,7 +8,9 @@ Truths checked:
   on this GPU-less box (pool gpu=0);
 - through the SLURM executor every job carries the profile's resources, and the sbatch command lines
   (sbatch mocked on PATH) request the partition, account, runtime, memory and GPUs;
-- 8 concurrent GPU jobs under --resources gpu=8 hold 8 distinct (simulated) devices at the same time;
+- concurrent masks, train (2 devices) and predict jobs under --resources gpu=6 hold the 6 (simulated)
+  devices at the same time, each its own, through their real scripts' leases; under --resources gpu=0
+  the same jobs lease nothing, see no device and have CUDA refused;
 - after a full run on a tiny world: nothing is left to do; changing one stage's parameters plans exactly
   that stage's jobs and everything downstream of them, nothing upstream; --forcerun <rule> likewise;
   a single shard or a single EM round can be targeted alone.
@@ -40,7 +42,8 @@ BATCH = REPO / "tests" / "snakemake_batch.py"
 WORKFLOW_FILES = ("Snakefile", "rules", "workflow", "config", "envs", "profiles", "report")
 
 #: Rules that use GPUs (gpu resource in the profiles) and their devices per job in profiles/default.
-GPU_RULES = {"masks": 1, "predict": 1, "predict_full": 1, "train": 4, "train_full": 4}
+GPU_RULES = {"masks": 1, "predict": 1, "predict_full": 1, "predict_keyframes": 1, "train": 4, "train_full": 4,
+             "train_keyframes": 4}
 
 #: One parameter change per stage: (config key, new value, the rules that take it as params).
 #: Expected plan = those rules' jobs and every job downstream of them; nothing else.
@@ -49,12 +52,18 @@ PARAM_CHANGES = [
     ("dataset.sweeps_prev", 4, ["manifest"]),
     ("associate.depth_abs_tol", 0.4, ["associate"]),
     ("superpixels.num_superpixels", 512, ["superpixels"]),
-    ("presegment.split_min_points", 11, ["presegment"]),
+    ("presegment.fast.sweeps", 1, ["presegment"]),
+    # evaluation-only keys re-score, runtime-only keys re-run nothing (schema x-scope)
+    ("presegment.split_min_points", 11, ["evaluate_shard"]),
+    ("superpixels.boundary_tolerance", 3.0, ["evaluate_shard"]),
+    ("masks.encoder_batch", 2, []),
+    ("train.predict_batch_size", 2, []),
     ("masks.max_masks", 64, ["masks"]),
     ("pseudolabels.clicks.seed", 1, ["pseudolabel_clicks", "pseudolabels"]),
     ("pseudolabels.ours.knn", 8, ["pseudolabels"]),
     ("train.lr", 0.02, ["train", "train_full", "predict", "predict_full"]),
-    ("evaluate.min_inst_points", 10, ["evaluate", "export"]),
+    ("temporal.gate_beams", 2.0, ["temporal"]),  # checked where the run has temporal jobs (temporal.enabled)
+    ("evaluate.min_inst_points", 10, ["evaluate_shard", "evaluate", "export"]),
 ]
 #: Top-level config sections that are not one stage's parameters (structure, label space, paths).
 NOT_STAGE_SECTIONS = {"results", "em", "labels"}
@@ -124,20 +133,22 @@ class PlannedJob:
 
 
 def parse_plan(text: str) -> list[PlannedJob]:
-    """The jobs a Snakemake dry run lists, with wildcards, files, threads and resources."""
+    """The jobs a Snakemake dry run lists, with wildcards, files, threads and resources (jobs of a
+    group -- rules with ``group:`` -- are listed indented one level)."""
     jobs: list[PlannedJob] = []
-    job = None
+    job, indent = None, ""
     for line in text.splitlines():
-        head = re.match(r"^(?:local)?rule (\S+):$", line)
+        head = re.match(r"^( *)(?:local)?rule (\S+):$", line)
         if head:
-            job = PlannedJob(head.group(1))
+            indent = head.group(1)
+            job = PlannedJob(head.group(2))
             jobs.append(job)
             continue
         if job is None:
             continue
-        m = re.match(r"^    (\w+): (.*)$", line)
+        m = re.match(rf"^{indent}    (\w+): (.*)$", line)
         if not m:
-            if not line.startswith("    "):
+            if not line.startswith(indent + "    "):
                 job = None
             continue
         key, value = m.groups()
@@ -304,12 +315,15 @@ def test_workflow_catalog_file():
 
 @pytest.fixture(scope="module")
 def plans(tmp_path_factory) -> dict[str, tuple[int, str]]:
-    """Dry runs of a fresh clone of the workflow (default config): the 8-GPU host, this box, SLURM."""
+    """Dry runs of a fresh clone of the workflow: the 8-GPU host, this box (default config), SLURM; the
+    host and SLURM with active clicks and temporal labels, whose extra rules (the uniform-protocol baseline,
+    temporal, the keyframe-only network) complete the set of rules."""
     wd = copy_workflow(tmp_path_factory.mktemp("plan"))
+    every_rule = ["--config", "pseudolabels={clicks: {protocol: active}}", "temporal={enabled: true}"]
     runs = {
-        "gpu_host": ["-n", "--cores", "32", "--resources", "gpu=8"],
+        "gpu_host": ["-n", "--cores", "32", "--resources", "gpu=8", *every_rule],
         "this_box": ["-n"],
-        "slurm": ["-n", "--workflow-profile", "profiles/slurm"],
+        "slurm": ["-n", "--workflow-profile", "profiles/slurm", *every_rule],
     }
     return dict(zip(runs, snakemake_batch(wd, list(runs.values()))))
 
@@ -413,44 +427,176 @@ def test_slurm_submission_commands(tmp_path):
 
 # --- GPU leasing under --resources gpu=N -----------------------------------------------------------------
 
-_LEASE_JOB = r'''
-import json, os, sys, time
-from pathlib import Path
-out, barrier, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
-(barrier / out.name).write_text(os.environ["CUDA_VISIBLE_DEVICES"])
-deadline = time.monotonic() + 120
-while len(list(barrier.iterdir())) < n:  # hold the lease until every job holds one
-    if time.monotonic() > deadline:
-        sys.exit(f"only {len(list(barrier.iterdir()))} of {n} jobs ran at once")
-    time.sleep(0.2)
-out.write_text(json.dumps({"devices": os.environ["CUDA_VISIBLE_DEVICES"].split(",")}))
-'''
+#: Put before a copy of a real GPU workflow script (workflow/scripts/{masks,train,predict}.py): the stage
+#: function it calls (run_masks, train_job, predict_job) becomes a probe that records what the job saw
+#: while the script's own lease is held, and waits until every job of the run holds its lease. So the
+#: scripts' real leasing lines run, with the job's real Snakemake resource gpu.
+_STAGE_PROBE = r"""
+import json as _json, os as _os, sys as _sys, time as _time, types as _types
+from pathlib import Path as _Path
 
 
-@pytest.mark.parametrize("gpus_per_job", [[1] * 8, [2, 1, 1, 1, 1, 1, 1]], ids=["8x1", "2+6x1"])
-def test_concurrent_gpu_jobs_lease_distinct_devices(tmp_path, gpus_per_job):
-    """Jobs under --resources gpu=8 with 8 simulated devices: all run at once (a barrier waits for every
-    one) and each holds its own devices (lidarlift.gpu leasing, CUDA_VISIBLE_DEVICES set per job)."""
-    n = len(gpus_per_job)
-    (tmp_path / "job.py").write_text(_LEASE_JOB)
+def _probe(*args, **kwargs):
+    import torch
+    from lidarlift import gpu
+
+    seen = {"rule": snakemake.rule, "given": snakemake.resources.gpu, "devices": gpu.job_devices(),
+            "cuda_visible_devices": _os.environ.get("CUDA_VISIBLE_DEVICES"), "processes": kwargs.get("processes"),
+            "device": str(gpu.torch_device("auto", key="train.device"))}
+    try:
+        torch.zeros(1, device="cuda")
+        seen["cuda"] = "initialised"
+    except gpu.CudaWithoutLeaseError:
+        seen["cuda"] = "refused by the guard"
+    except (AssertionError, RuntimeError):
+        seen["cuda"] = "not in this torch"  # a lease on a CPU build of torch
+    barrier = _Path("barrier")
+    (barrier / snakemake.output[0].replace("/", "_")).write_text("held")
+    deadline = _time.monotonic() + 120
+    while len(list(barrier.iterdir())) < snakemake.params.together:  # hold the lease until every job holds one
+        if _time.monotonic() > deadline:
+            _sys.exit(f"only {len(list(barrier.iterdir()))} of {snakemake.params.together} jobs ran at once")
+        _time.sleep(0.2)
+    for out in snakemake.output:
+        _Path(out).parent.mkdir(parents=True, exist_ok=True)
+        _Path(out).write_text(_json.dumps(seen))
+    return {}
+
+
+for _name, _attr in (("lidarlift.masks.stage", "run_masks"), ("lidarlift.model.train", "train_job"),
+                     ("lidarlift.model.predict", "predict_job")):
+    _module = _types.ModuleType(_name)
+    setattr(_module, _attr, _probe)
+    _sys.modules[_name] = _module
+"""
+
+#: The three GPU rules with the inputs, outputs and params their scripts read; masks with the SAM backend
+#: (the weight-free one leases nothing), train given 2 devices; nothing depends on anything, so all run at once.
+_GPU_RULES_SNAKEFILE = """
+SHARDS = ["scene-a", "scene-b"]
+config.setdefault("masks", {"backend": "sam", "device": "auto"})
+config.setdefault("train", {"device": "auto", "predict_batch_size": 4})
+TOGETHER = int(config.get("together", 5))
+
+
+rule all:
+    input:
+        expand("out/masks/{shard}.stats.json", shard=SHARDS),
+        expand("out/predict/r0/{shard}.stats.json", shard=SHARDS),
+        "out/train/r0/model.pt",
+
+
+rule masks:
+    input:
+        manifest="in/manifest.json",
+        presegment="in/presegment",
+        associate="in/associate",
+    output:
+        store="out/masks/{shard}.zarr",
+        stats="out/masks/{shard}.stats.json",
+        metrics="out/masks/{shard}.metrics.json",
+    log:
+        "logs/masks/{shard}.log",
+    resources:
+        gpu=1,
+    params:
+        masks=config["masks"],
+        labels={"space": "nuscenes16"},
+        together=TOGETHER,
+    script:
+        "scripts/masks.py"
+
+
+rule train:
+    input:
+        pseudolabels=expand("in/pseudolabels/{shard}", shard=SHARDS),
+        manifest="in/manifest.json",
+    output:
+        model="out/train/r{round}/model.pt",
+        stats="out/train/r{round}/stats.json",
+        metrics="out/train/r{round}/metrics.json",
+    log:
+        "logs/train/r{round}.log",
+    resources:
+        gpu=2,
+    params:
+        train={"model": {}, "amp": True},
+        labels={"space": "nuscenes16"},
+        shards=SHARDS,
+        together=TOGETHER,
+    script:
+        "scripts/train.py"
+
+
+rule predict:
+    input:
+        model="in/model.pt",
+        manifest="in/manifest.json",
+    output:
+        store="out/predict/r{round}/{shard}.zarr",
+        stats="out/predict/r{round}/{shard}.stats.json",
+        metrics="out/predict/r{round}/{shard}.metrics.json",
+    log:
+        "logs/predict/r{round}/{shard}.log",
+    resources:
+        gpu=1,
+    params:
+        train={"model": {}, "amp": True},
+        labels={"space": "nuscenes16"},
+        together=TOGETHER,
+    script:
+        "scripts/predict.py"
+"""
+
+
+def _gpu_rules_run(tmp_path: Path, pool: int, together: int) -> list[dict]:
+    """Run masks x2, train x1 (gpu=2) and predict x2 under --resources gpu=<pool> with 6 simulated
+    devices; returns what each job saw (rule, given, devices, CUDA_VISIBLE_DEVICES, torch device, CUDA)."""
+    (tmp_path / "scripts").mkdir()
+    for rule in ("masks", "train", "predict"):
+        (tmp_path / "scripts" / f"{rule}.py").write_text(_STAGE_PROBE + (REPO / "workflow" / "scripts" / f"{rule}.py").read_text())
+    for name in ("in/manifest.json", "in/model.pt", "in/presegment", "in/associate", "in/pseudolabels/scene-a",
+                 "in/pseudolabels/scene-b"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
     (tmp_path / "barrier").mkdir()
-    (tmp_path / "Snakefile").write_text(
-        f"GPUS = {gpus_per_job}\n\n\n"
-        "rule all:\n    input:\n        expand(\"out/{i}.json\", i=range(len(GPUS))),\n\n\n"
-        "rule gpu_job:\n    output:\n        \"out/{i}.json\",\n    resources:\n"
-        "        gpu=lambda wc: GPUS[int(wc.i)],\n    shell:\n"
-        f"        \"{sys.executable} -m lidarlift.gpu {{resources.gpu}} -- {sys.executable} job.py {{output}} barrier {n}\"\n"
-    )
-    env = dict(os.environ, LIDARLIFT_NUM_GPUS="8", LIDARLIFT_GPU_LOCK_DIR=str(tmp_path / "locks"),
-               LIDARLIFT_GPU_LEASE_TIMEOUT="5")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    proc = run([SNAKEMAKE, "--workflow-profile", "none", "--cores", str(n), "--resources", "gpu=8"], cwd=tmp_path,
-               env=env, timeout=300)
+    (tmp_path / "Snakefile").write_text(_GPU_RULES_SNAKEFILE)
+    env = dict(os.environ, LIDARLIFT_NUM_GPUS="6", LIDARLIFT_GPU_LOCK_DIR=str(tmp_path / "locks"),
+               LIDARLIFT_GPU_LEASE_TIMEOUT="5", PYTHONPATH=str(REPO))
+    for name in ("CUDA_VISIBLE_DEVICES", "LIDARLIFT_GPU_JOB_DEVICES", "SLURM_JOB_ID"):
+        env.pop(name, None)
+    proc = run([SNAKEMAKE, "--workflow-profile", "none", "--cores", "5", "--resources", f"gpu={pool}",
+                "--config", f"together={together}"], cwd=tmp_path, env=env, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    leased = [json.loads((tmp_path / "out" / f"{i}.json").read_text())["devices"] for i in range(n)]
-    assert [len(d) for d in leased] == gpus_per_job
-    flat = [d for ds in leased for d in ds]
-    assert sorted(flat, key=int) == [str(i) for i in range(8)], leased
+    return [json.loads(p.read_text()) for p in sorted((tmp_path / "out").rglob("*.stats.json")) + [tmp_path / "out/train/r0/stats.json"]]
+
+
+def test_concurrent_jobs_of_mixed_gpu_rules_lease_distinct_devices(tmp_path):
+    """masks, train (2 devices) and predict jobs under --resources gpu=6, 6 simulated devices: all five
+    run at once (a barrier waits for every one), each through its real workflow script's lease, and
+    together they hold the 6 devices, each its own: CUDA_VISIBLE_DEVICES names exactly the job's
+    devices, and the training job runs 2 DDP processes on its 2."""
+    seen = _gpu_rules_run(tmp_path, pool=6, together=5)
+    assert sorted(j["rule"] for j in seen) == ["masks", "masks", "predict", "predict", "train"]
+    for j in seen:
+        assert len(j["devices"]) == j["given"] == (2 if j["rule"] == "train" else 1), j
+        assert j["cuda_visible_devices"] == ",".join(j["devices"]), j
+    assert next(j["processes"] for j in seen if j["rule"] == "train") == 2
+    flat = [d for j in seen for d in j["devices"]]
+    assert sorted(flat, key=int) == [str(i) for i in range(6)], seen
+
+
+def test_a_gpu0_run_leases_nothing_and_never_initialises_cuda(tmp_path):
+    """The same jobs under --resources gpu=0 on a host with 6 (simulated) devices: each is given 0
+    devices (Snakemake scales the rules' gpu down to the pool), leases none (no lock file), sees none
+    (CUDA_VISIBLE_DEVICES=""), chooses the CPU, and CUDA initialisation is refused by the guard."""
+    seen = _gpu_rules_run(tmp_path, pool=0, together=1)
+    assert sorted(j["rule"] for j in seen) == ["masks", "masks", "predict", "predict", "train"]
+    for j in seen:
+        assert (j["given"], j["devices"], j["cuda_visible_devices"], j["device"]) == (0, [], "", "cpu"), j
+        assert j["cuda"] == "refused by the guard", j
+    assert next(j["processes"] for j in seen if j["rule"] == "train") == 1
+    assert not (tmp_path / "locks").exists() or not any((tmp_path / "locks").iterdir())
 
 
 # --- re-running one stage after a full run ------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 The network predicts classes only; for panoptic scoring, the points of each predicted thing class
 are split into instances by connected components of a distance graph, as PointSAM's separation-aware
-refinement builds it: two points of the same predicted class are linked when their distance is below
-``max(range_factor * range, radius_c)`` of either point (range = distance from the sensor in the
+refinement builds it: two points of the same predicted class are linked when one is among the other's
+16 nearest neighbours and their distance is below ``max(range_factor * range, radius_c)`` of either point (range = distance from the sensor in the
 ground plane; ``radius_c`` = ``vehicle_radius`` for car, truck, bus, trailer and construction
 vehicle, ``radius`` otherwise). Components are numbered 1, 2, ... per class by decreasing size;
 components past 999 (the panoptic format's limit) join instance 999.
@@ -11,12 +11,9 @@ components past 999 (the panoptic format's limit) join instance 999.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from lidarlift.classes import LabelSpace
@@ -27,26 +24,23 @@ MAX_INSTANCE = 999
 
 @dataclass(frozen=True)
 class InstanceParams:
-    """Clustering parameters (config section ``evaluate.instances``)."""
+    """Clustering parameters (config section ``evaluate.instances``; defaults from the schema)."""
 
-    radius: float = 0.65
-    vehicle_radius: float = 1.0
-    range_factor: float = 0.04
+    radius: float
+    vehicle_radius: float
+    range_factor: float
 
     @staticmethod
-    def from_config(cfg: dict[str, Any] | None) -> "InstanceParams":
-        cfg = dict(cfg or {})
-        method = cfg.pop("method", "components")
-        if method != "components":
-            raise ValueError(f"config key evaluate.instances.method: unknown method {method!r}; choose 'components'")
-        unknown = set(cfg) - {"radius", "vehicle_radius", "range_factor"}
-        if unknown:
-            raise ValueError(f"config key evaluate.instances: unknown keys {sorted(unknown)}")
-        return InstanceParams(**cfg)
+    def from_config(cfg: dict[str, Any] | None = None) -> "InstanceParams":
+        from lidarlift.config import section
+
+        c = section("evaluate.instances", cfg)
+        return InstanceParams(radius=float(c["radius"]), vehicle_radius=float(c["vehicle_radius"]),
+                              range_factor=float(c["range_factor"]))
 
 
 def cluster_instances(xyz: np.ndarray, sem: np.ndarray, space: LabelSpace,
-                      params: InstanceParams = InstanceParams()) -> np.ndarray:
+                      params: InstanceParams | None = None) -> np.ndarray:
     """Per-class instance ids of the thing points of one keyframe.
 
     xyz: (N, 3) float, lidar frame (the sensor at the origin); sem: (N,) int class 0..K.
@@ -56,6 +50,7 @@ def cluster_instances(xyz: np.ndarray, sem: np.ndarray, space: LabelSpace,
     sem = np.asarray(sem)
     if xyz.ndim != 2 or xyz.shape[1] < 3 or xyz.shape[0] != sem.shape[0]:
         raise ValueError(f"cluster_instances: xyz must be (N, 3) matching sem (N,), got {xyz.shape} and {sem.shape}")
+    params = params or InstanceParams.from_config()
     out = np.zeros(sem.shape[0], np.int32)
     rng = np.linalg.norm(xyz[:, :2], axis=1)
     for c in range(1, space.num_classes + 1):
@@ -76,33 +71,41 @@ def cluster_instances(xyz: np.ndarray, sem: np.ndarray, space: LabelSpace,
     return out
 
 
-def radius_components(xyz: np.ndarray, radius: np.ndarray, chunk: int = 512) -> np.ndarray:
-    """Connected components of the graph linking i and j when ``|x_i - x_j| < max(radius_i, radius_j)``.
+def radius_components(xyz: np.ndarray, radius: np.ndarray, k: int = 16) -> np.ndarray:
+    """Connected components of the graph linking each point to those of its ``k`` nearest neighbours
+    that lie within ``max(radius_i, radius_j)``.
 
-    xyz: (N, 3) float64; radius: (N,) float. Returns (N,) int component index. Exact, with memory
-    bounded by ``chunk``: the neighbours of ``chunk`` points at a time are merged into the components
-    found so far (kept as one edge per point to its component's representative), so dense clusters
-    (near ground, a bus side) never hold all their neighbour pairs at once.
+    xyz: (N, 3) float64; radius: (N,) float. Returns (N,) int component index (0..n_components-1, in
+    order of each component's smallest point index). Bounding the neighbours by ``k`` keeps the cost
+    O(N k log N) on dense surfaces (a bus side near the sensor holds thousands of points within a
+    metre, all in one component anyway); components are joined through a union-find forest.
     """
     n = xyz.shape[0]
-    labels = np.arange(n)
+    parent = np.arange(n, dtype=np.int64)
     if n <= 1:
-        return labels
-    tree = cKDTree(xyz)
-    for start in range(0, n, chunk):
-        idx = np.arange(start, min(n, start + chunk))
-        neigh = tree.query_ball_point(xyz[idx], radius[idx], return_sorted=False)
-        lens = np.fromiter((len(x) for x in neigh), dtype=np.int64, count=idx.size)
-        rows = np.concatenate([np.repeat(idx, lens), np.arange(n)])
-        cols = np.concatenate([np.fromiter(chain.from_iterable(neigh), dtype=np.int64, count=int(lens.sum())), labels])
-        del neigh
-        graph = coo_matrix((np.ones(rows.size, np.int8), (rows, cols)), shape=(n, n))
-        _, comp = connected_components(graph, directed=True, connection="weak")
-        # one representative (the smallest index) per component, so the next chunk links to it
-        rep = np.full(comp.max() + 1, n, np.int64)
-        np.minimum.at(rep, comp, np.arange(n))
-        labels = rep[comp]
-    return np.unique(labels, return_inverse=True)[1]
+        return parent
+    kk = min(k + 1, n)
+    dist, nn = cKDTree(xyz).query(xyz, k=kk, distance_upper_bound=float(np.max(radius)))
+    dist, nn = dist[:, 1:], nn[:, 1:]  # the first neighbour is the point itself
+    src = np.repeat(np.arange(n), kk - 1).reshape(n, kk - 1)
+    ok = nn < n  # missing neighbours come back as index n with distance inf
+    nn_safe = np.where(ok, nn, 0)
+    ok &= dist < np.maximum(radius[:, None], radius[nn_safe])
+    _union(parent, src[ok], nn[ok])
+    return np.unique(_flatten(parent), return_inverse=True)[1]
+
+
+def _union(parent: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """Join the sets of a[k] and b[k] for every k (union by smaller root, path halving)."""
+    from lidarlift.evaluate._unionfind import union_pairs
+
+    union_pairs(parent, a, b)
+
+
+def _flatten(parent: np.ndarray) -> np.ndarray:
+    from lidarlift.evaluate._unionfind import find_all
+
+    return find_all(parent)
 
 
 def compact_instances(sem: np.ndarray, inst: np.ndarray, space: LabelSpace) -> np.ndarray:

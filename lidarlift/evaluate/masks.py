@@ -1,4 +1,4 @@
-"""Mask quality against 2D ground-truth instances (synthetic world: lidarlift.groundtruth.image_truth).
+"""Mask quality against 2D ground-truth instances (summary key ``masks``; the synthetic world's 2D truth).
 
 For every thing instance of an image (class in the label space's things, instance key > 0, at least
 ``min_area`` pixels at the stored resolution): its best IoU over the image's masks as they stand in
@@ -7,7 +7,11 @@ summary divides only once.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+from lidarlift.evaluate.counts import ratio
 
 
 def resize_nearest(a: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -83,3 +87,14 @@ def merge_counts(items: list[dict]) -> dict:
             acc[1] += s
             acc[2] += c
     return out
+
+
+def mask_figures(c: dict) -> dict[str, Any]:
+    """The summary figures from summed counts: mean best IoU over thing instances, the share of
+    instances with a mask of IoU >= 0.5, and the same per class."""
+    n = c.get("thing_instances", 0)
+    per_class = {name: {"instances": v[0], "mean_best_iou": ratio(v[1], v[0]), "recall_iou50": ratio(v[2], v[0])}
+                 for name, v in sorted(c.get("per_class", {}).items())}
+    return {"mean_best_iou_things": ratio(c.get("sum_best_iou", 0.0), n),
+            "instance_recall_iou50": ratio(c.get("covered_iou50", 0), n),
+            "thing_instances": n, "images_with_truth": c.get("images_with_truth", 0), "per_class": per_class}

@@ -167,6 +167,21 @@ class PanopticAccumulator:
         np.add.at(self.fn, g_cls[(g_area >= self.min_points) & ~matched_g], 1)
         np.add.at(self.fp, p_cls[(p_area >= self.min_points) & ~matched_p], 1)
 
+    def counts(self) -> dict[str, Any]:
+        """The accumulated sums as JSON counts (add them with :func:`lidarlift.evaluate.counts.add`)."""
+        return {"scans": self.scans, "tp": self.tp.tolist(), "fp": self.fp.tolist(), "fn": self.fn.tolist(),
+                "iou_sum": self.iou_sum.tolist(), "confusion": self.confusion.tolist()}
+
+    @classmethod
+    def from_counts(cls, space: LabelSpace, min_points: int, counts: dict[str, Any]) -> "PanopticAccumulator":
+        """An accumulator holding summed :meth:`counts`."""
+        acc = cls(space, min_points)
+        acc.scans = int(counts["scans"])
+        acc.tp, acc.fp, acc.fn = (np.asarray(counts[k], np.int64) for k in ("tp", "fp", "fn"))
+        acc.iou_sum = np.asarray(counts["iou_sum"], np.float64)
+        acc.confusion = np.asarray(counts["confusion"], np.int64)
+        return acc
+
     def per_class(self) -> dict[str, np.ndarray]:
         """(K,) arrays ``pq``, ``sq``, ``rq``, ``tp``, ``fp``, ``fn``."""
         tp = self.tp.astype(np.float64)
@@ -190,6 +205,17 @@ class PanopticAccumulator:
             "per_class": pc,
         }
         return out
+
+
+def chance_miou(cm: np.ndarray) -> float | None:
+    """Expected mIoU of a predictor that draws classes at random with the true class frequencies
+    ``p_c``: ``IoU_c = p_c / (2 - p_c)``, averaged over the classes present (the floor a network is
+    "well above"). ``cm``: (K+1, K+1) confusion, rows = ground truth; row 0 (ignore) is left out."""
+    gt = np.asarray(cm, np.float64)[1:, :].sum(axis=1)
+    if gt.sum() == 0:
+        return None
+    p = gt[gt > 0] / gt.sum()
+    return float(np.mean(p / (2 - p)))
 
 
 def _mean(x: np.ndarray) -> float:

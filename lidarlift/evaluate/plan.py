@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from lidarlift.evaluate.run import eval_shards, shards_of_splits
+from lidarlift.shards import eval_shards, shards_of_splits
+from lidarlift.temporal_plan import TemporalPlan
 
 EXPORT_SOURCES = ("network", "pseudolabels", "full")
-#: report_tables names another stage's metrics files ``stage_<summary key>`` (so no summary key can
-#: collide with its own inputs).
-STAGE_PREFIX = "stage_"
+PRODUCTION_STAGES = ("associate", "presegment", "presegment_baseline", "superpixels", "masks", "pseudolabels",
+                     "pseudolabels_baseline", "pseudolabels_uniform", "network", "temporal")
 REPORT_TABLES = ("headline.html", "headline.png", "label_quality.html", "stage_quality.html", "stage_quality.png",
                  "confusion.png", "training_curves.png")
 
@@ -35,6 +35,8 @@ class EvaluationPlan:
     export_sources: list[str] = field(init=False)
     figure_samples: list[tuple[str, int]] = field(init=False)
     report_dir: str = field(init=False)
+    #: production stages whose stores evaluate_shard scores (a workflow without some stages narrows it)
+    stages: frozenset[str] = frozenset(PRODUCTION_STAGES)
 
     def __post_init__(self) -> None:
         self.section = dict(self.config.get("evaluate") or {})
@@ -67,24 +69,72 @@ class EvaluationPlan:
 
     # --- evaluate ---------------------------------------------------------------------------
 
-    def stores(self) -> dict[str, Any]:
-        """Store paths by role (the evaluate rule's params): ``network`` {round: {shard: path}} on the
-        evaluation shards, ``pseudolabels`` {round: {shard: path}}, ``full`` {shard: path}."""
+    @property
+    def presegment_baseline(self) -> bool:
+        return bool((self.config.get("presegment") or {}).get("compare_baseline", True))
+
+    @property
+    def pseudolabels_baseline(self) -> bool:
+        return bool((self.config.get("pseudolabels") or {}).get("baseline", True))
+
+    @property
+    def pseudolabels_uniform(self) -> bool:
+        """Active clicks run with the uniform budget protocol beside them (rule pseudolabels_uniform)."""
+        pl = self.config.get("pseudolabels") or {}
+        return (self.pseudolabels_baseline and pl.get("mode", "clicks") == "clicks"
+                and (pl.get("clicks") or {}).get("protocol") == "active")
+
+    def shard_stores(self, shard: str) -> dict[str, Any]:
+        """Every production store of ``shard`` that the evaluation scores (a
+        :class:`lidarlift.evaluate.shard.ShardStores` as a dict): the stages, the baselines, the
+        pseudo-labels of every round (pseudolabel splits), the networks of every round (every shard) and
+        the fully supervised network (evaluation shards)."""
         r = self.results
-        return {
-            "network": {str(k): {s: f"{r}/predict/r{k}/{s}.zarr" for s in self.eval_shards} for k in self.rounds},
-            "pseudolabels": {str(k): {s: f"{r}/pseudolabels/r{k}/{s}.zarr" for s in self.pseudo_shards} for k in self.rounds},
-            "full": {s: f"{r}/predict/full/{s}.zarr" for s in self.eval_shards} if self.full_supervision else {},
+        pseudo = shard in self.pseudo_shards
+        network = {str(k): f"{r}/predict/r{k}/{shard}.zarr" for k in self.rounds}
+        temporal = TemporalPlan(self.config, self.shards, self.rounds, r)
+        if temporal.keyframes_predict(shard):  # the final round's network without the temporal sweeps
+            network["keyframes"] = temporal.keyframes_predict(shard)
+        if self.full_supervision and shard in self.eval_shards:
+            network["full"] = f"{r}/predict/full/{shard}.zarr"
+        out = {
+            "associate": f"{r}/associate/{shard}.zarr",
+            "presegment": f"{r}/presegment/{shard}.zarr",
+            "presegment_baseline": f"{r}/baselines/presegment/{shard}.zarr" if self.presegment_baseline else None,
+            "superpixels": f"{r}/superpixels/{shard}.zarr",
+            "masks": f"{r}/masks/{shard}.zarr",
+            "pseudolabels": {str(k): f"{r}/pseudolabels/r{k}/{shard}.zarr" for k in self.rounds} if pseudo else {},
+            "pseudolabels_baseline": f"{r}/baselines/pseudolabels/{shard}.zarr" if pseudo and self.pseudolabels_baseline else None,
+            "pseudolabels_uniform": f"{r}/baselines/uniform_clicks/{shard}.zarr" if pseudo and self.pseudolabels_uniform else None,
+            "network": network,
+            "temporal": temporal.eval_stores(shard),  # {round: store} of train shards with temporal.enabled
         }
+        empty = {"presegment_baseline": None, "pseudolabels_baseline": None, "pseudolabels_uniform": None,
+                 "pseudolabels": {}, "network": {}, "temporal": {}}
+        for key in out:
+            if key not in self.stages:
+                out[key] = empty.get(key)
+        return out
+
+    def shard_inputs(self, wildcards) -> dict[str, Any]:
+        """evaluate_shard's inputs: the manifest and every store of :meth:`shard_stores`."""
+        st = self.shard_stores(wildcards.shard)
+        flat = [v for k, v in st.items() if isinstance(v, str)]
+        flat += [p for k in ("pseudolabels", "network", "temporal") for p in st[k].values()]
+        return {"manifest": self.manifest, "stores": flat}
+
+    def shard_params(self, wildcards) -> dict[str, Any]:
+        return self.shard_stores(wildcards.shard)
+
+    def shard_files(self) -> list[str]:
+        return [f"{self.results}/evaluate/shards/{s}.json" for s in self.shards]
+
+    def devkit_stores(self) -> dict[str, str]:
+        """The final round's predict store of each evaluation shard (the devkit cross-check's submission)."""
+        return {s: f"{self.results}/predict/r{self.final_round}/{s}.zarr" for s in self.eval_shards}
 
     def evaluate_inputs(self, wildcards=None) -> dict[str, Any]:
-        st = self.stores()
-        return {
-            "manifest": self.manifest,
-            "network": [p for d in st["network"].values() for p in d.values()],
-            "pseudolabels": [p for d in st["pseudolabels"].values() for p in d.values()],
-            "full": list(st["full"].values()),
-        }
+        return {"manifest": self.manifest, "shards": self.shard_files(), "network": list(self.devkit_stores().values())}
 
     # --- export -----------------------------------------------------------------------------
 
@@ -119,17 +169,10 @@ class EvaluationPlan:
             out.append(f"{self.results}/train/full/metrics.json")
         return out
 
-    def tables_inputs(self, summary_inputs: dict[str, list[str]]):
-        """Input function of report_tables: the evaluation, the training curves (``curves``) and every
-        other stage's metrics files as ``stage_<summary key>`` (read from ``summary_inputs`` when the DAG
-        is built, after all rule files)."""
-
-        def inputs(wildcards=None) -> dict[str, Any]:
-            stages = {f"{STAGE_PREFIX}{key}": list(paths) for key, paths in summary_inputs.items() if key != "evaluation"}
-            return {"metrics": f"{self.results}/evaluate/metrics.json", "confusion": f"{self.results}/evaluate/confusion.npz",
-                    "curves": self.training_metrics(), **stages}
-
-        return inputs
+    def tables_inputs(self, wildcards=None) -> dict[str, Any]:
+        """report_tables reads the summary, the confusion matrices and the training curves."""
+        return {"summary": f"{self.results}/summary.json", "confusion": f"{self.results}/evaluate/confusion.npz",
+                "curves": self.training_metrics()}
 
     def sample_inputs(self, wildcards) -> dict[str, str]:
         """The final round's prediction and pseudo-labels of the drawn shard (the E-step labels every shard)."""
@@ -148,6 +191,6 @@ class EvaluationPlan:
         """The benchmark table runs after every other job of the DAG has written its benchmark file."""
         return self.report_files() + self.export_records()
 
-    def summary_inputs(self) -> list[str]:
-        """What the summary's ``evaluation`` key merges."""
-        return [f"{self.results}/evaluate/metrics.json", f"{self.report_dir}/index.json"] + self.export_records()
+    def summary_inputs(self, wildcards=None) -> dict[str, Any]:
+        """What the summary merges beside the stats files: the evaluation and the export records."""
+        return {"evaluation": f"{self.results}/evaluate/metrics.json", "exports": self.export_records()}

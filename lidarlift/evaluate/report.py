@@ -1,5 +1,5 @@
-"""The report's content: tables and figures built from the evaluation metrics, the other stages'
-summaries, the benchmark files, the training curves and a few sample keyframes.
+"""The report's content: tables and figures built from the run's summary (results/summary.json), the
+benchmark files, the training curves and a few sample keyframes.
 
 Each function writes its files and returns what it wrote; the Snakemake figure rules call them
 (workflow/scripts/evaluate_*.py) and flag the files with ``report()``.
@@ -80,25 +80,25 @@ def headline_report(metrics: dict[str, Any], html_path: str | Path, png_path: st
     return [html, png]
 
 
-def label_quality_report(metrics: dict[str, Any], stage_summary: dict[str, Any], html_path: str | Path) -> Path:
-    """Label-quality tables: the pseudolabels stage's own summary (#5), then the evaluation's scoring of
-    every round and every source against ground truth."""
+def label_quality_report(summary: dict[str, Any], html_path: str | Path) -> Path:
+    """Label-quality tables: per EM round, the pseudo-labels against ground truth (shares, precision,
+    candidate sets, per source, per class), and the round-0 baseline on the same inputs."""
     body = []
-    pl = stage_summary.get("pseudolabels")
-    if pl:
-        body.append(F.nested_html(pl, "pseudolabels stage summary"))
-    else:
-        body.append("<p class='note'>The pseudolabels stage wrote no summary in this run.</p>")
-    for rec in metrics.get("rounds", []):
-        p = rec.get("pseudolabels")
-        if not p:
-            continue
-        body.append(f"<h2>Round {rec['round']}: pseudo-labels against ground truth (evaluation)</h2>")
-        scal = {k: p.get(k) for k in ("samples", "points", "labelled_share", "precision", "miou", "candidate_share",
-                                      "candidate_contains_truth", "mean_candidate_size", "pq_things", "sq_things", "rq_things")}
+    pl = summary.get("pseudolabels") or {}
+    rounds = dict(pl.get("rounds") or {})
+    if pl.get("baseline"):
+        rounds[f"0 baseline ({pl['baseline'].get('method')})"] = pl["baseline"]
+    if not rounds:
+        body.append("<p class='note'>No pseudo-labels were scored in this run.</p>")
+    for name, p in rounds.items():
+        body.append(f"<h2>Round {name}: pseudo-labels against ground truth</h2>")
+        scal = {k: p.get(k) for k in ("samples", "points", "click_share", "labelled_share", "precision", "miou",
+                                      "min_class_recall", "candidate_share", "candidate_contains_truth",
+                                      "mean_candidate_set_size", "pq_things", "sq_things", "rq_things")}
         body.append(F.table_html([{"metric": k, "value": v} for k, v in scal.items() if v is not None]))
-        body.append(F.table_html([{"source": s, **v} for s, v in p.get("per_source", {}).items()],
-                                 headers={"share": "share of points", "labelled": "labelled points"}))
+        body.append(F.table_html([{"source": s, **v} for s, v in p.get("by_source", {}).items()],
+                                 headers={"share": "share of points", "labelled_share": "labelled share"}))
+        body.append(F.table_html([{"class": c, **v} for c, v in p.get("per_class", {}).items()]))
     return F.write_html(html_path, "Label quality", "\n".join(body))
 
 

@@ -7,9 +7,12 @@ the nuScenes projection. Masks are stored at the working resolution (h, w) = rou
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: the weight-free backend's jobs run without it
+    import torch
 
 #: ``prompt_source`` codes of the masks store (also in lidarlift.artifacts.STORES["masks"]).
 PROMPT_SOURCES: dict[int, str] = {
@@ -96,6 +99,8 @@ class ImageMasks:
 
 def paint_order(area: torch.Tensor, score: torch.Tensor, rule: str) -> torch.Tensor:
     """Indices in painting order (the last painted mask ends on top)."""
+    import torch
+
     if rule == "smaller_on_top":
         # largest first; among equal areas the higher score is painted later (on top)
         key = area.double() * 4.0 - score.double().clamp(0, 1)
@@ -107,6 +112,8 @@ def paint_order(area: torch.Tensor, score: torch.Tensor, rule: str) -> torch.Ten
 
 def _rank_dtype(k: int) -> torch.dtype:
     """Smallest integer dtype holding paint ranks 0..k (0 = no mask)."""
+    import torch
+
     return torch.uint8 if k < 256 else torch.int16 if k < 32768 else torch.int32
 
 
@@ -117,6 +124,8 @@ def _paint(masks: torch.Tensor, rank: torch.Tensor, block: int = 32) -> torch.Te
     Equivalent to painting the masks one by one in increasing rank, computed as a running maximum of
     ranks over blocks of masks (few kernels on a GPU, vectorised on a CPU, no host synchronisation).
     """
+    import torch
+
     G, K = rank.shape
     top = torch.zeros((G, *masks.shape[2:]), dtype=rank.dtype, device=masks.device)
     masks = masks.view(torch.uint8)  # bool * uint8 would first copy the masks to uint8
@@ -132,6 +141,8 @@ def _row_counts(top: torch.Tensor, nbins: int, ones: torch.Tensor) -> torch.Tens
     Per-row bins keep the contention of the GPU's atomic adds to at most ``w`` per address (one
     histogram per image would put every pixel of a large mask on one address), and need no host sync.
     """
+    import torch
+
     G, h, w = top.shape
     base = torch.arange(G * h, device=top.device, dtype=torch.int64).mul_(nbins).view(G, h, 1)
     idx = (base + top.to(torch.int64)).flatten()
@@ -140,6 +151,8 @@ def _row_counts(top: torch.Tensor, nbins: int, ones: torch.Tensor) -> torch.Tens
 
 def _first_true(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Index of the first True along ``dim`` (0 where none)."""
+    import torch
+
     return x.to(torch.uint8).argmax(dim)
 
 
@@ -163,6 +176,8 @@ class PaintedBatch:
 
     def to_host(self) -> list[ImageMasks]:
         """One ImageMasks per image: two device-to-host copies (labels, packed per-mask arrays) and one sync."""
+        import torch
+
         G, K = self.score.shape
         h, w = self.labels.shape[1:]
         if G == 0:
@@ -206,6 +221,8 @@ def resolve_overlaps_batched(masks: torch.Tensor, valid: torch.Tensor, score: to
     left owning fewer than ``min_area`` pixels dropped and the rest repainted (the second pass is always
     run: when nothing was dropped it repeats the first), numbered by decreasing score.
     """
+    import torch
+
     G, K, h, w = masks.shape
     dev = masks.device
     min_area = max(1, int(min_area))
@@ -273,6 +290,8 @@ def resolve_overlaps(masks: torch.Tensor, score: torch.Tensor, stability: torch.
     only gives their pixels back to masks underneath). Output masks are numbered by decreasing score.
     One image of :func:`resolve_overlaps_batched`.
     """
+    import torch
+
     h, w = int(masks.shape[-2]), int(masks.shape[-1])
     if masks.shape[0] == 0:
         if rule not in ("smaller_on_top", "score_on_top"):

@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 
 from lidarlift import artifacts
-from lidarlift.classes import label_space as get_label_space
 from lidarlift.datasets.readers import DatasetError, read_image
-from lidarlift.groundtruth import image_truth
 from lidarlift.manifest import Manifest, SampleRecord
 from lidarlift.masks import BACKENDS, NETWORK_BACKENDS, OVERLAP_RULES, PROMPT_SOURCES, with_defaults
 from lidarlift.masks.core import CameraView, ImageMasks, MaskBackendError, out_size
-from lidarlift.masks.metrics import image_metrics, merge_counts, resize_nearest
 from lidarlift.masks.prompts import Prompts, lidar_prompts
 from lidarlift.workflow import write_json
 
@@ -121,28 +118,20 @@ def make_backend(cfg: dict[str, Any], device: Any = None) -> Any:
 
 
 def resolve_device(cfg: dict[str, Any]):
-    """(torch device or None, GPU lease or None) for the backend; leases a GPU before CUDA initialises."""
+    """The torch device for a network backend (None for the weight-free one): the GPU this job leased
+    (the workflow script leases it through :func:`lidarlift.gpu.job_gpus` with the job's Snakemake
+    resource gpu), else the CPU; CUDA is never touched without a lease (:func:`lidarlift.gpu.torch_device`)."""
     if cfg["backend"] not in NETWORK_BACKENDS:
-        return None, None
-    import torch
-
-    want = cfg["device"]
-    if want == "cpu":
-        return torch.device("cpu"), None
+        return None
     from lidarlift import gpu
 
-    if torch.version.cuda is None:
-        if want == "cuda":
-            raise MaskBackendError("config key masks.device is cuda but this torch is a CPU build (torch.version.cuda is None)")
-        log.warning("masks.device auto: CPU torch, running %s on the CPU (slow)", cfg["backend"])
-        return torch.device("cpu"), None
-    if not gpu.candidate_devices():
-        if want == "cuda":
-            raise MaskBackendError("config key masks.device is cuda but no GPU is visible (CUDA_VISIBLE_DEVICES / nvidia-smi)")
-        log.warning("masks.device auto: no GPU found, running %s on the CPU (slow)", cfg["backend"])
-        return torch.device("cpu"), None
-    lease = gpu.lease_gpus(1)
-    return torch.device("cuda:0"), lease
+    try:
+        device = gpu.torch_device(cfg["device"], key="masks.device")
+    except gpu.GpuLeaseError as e:
+        raise MaskBackendError(str(e)) from None
+    if device.type == "cpu" and cfg["device"] != "cpu":
+        log.warning("masks backend %s on the CPU (slow): this job leased no GPU it can use", cfg["backend"])
+    return device
 
 
 # -- inputs ------------------------------------------------------------------------------------------
@@ -202,21 +191,22 @@ def _views(images: list[np.ndarray], pts: dict[str, np.ndarray], s: int, n_cams:
 
 # -- the stage ---------------------------------------------------------------------------------------
 def run_masks(manifest_path: str | os.PathLike, shard: str, presegment_path: str | os.PathLike,
-              associate_path: str | os.PathLike, store_path: str | os.PathLike, metrics_path: str | os.PathLike | None,
-              params: dict[str, Any] | None = None, label_space: str = "nuscenes16", backend: Any = None,
+              associate_path: str | os.PathLike, store_path: str | os.PathLike, stats_path: str | os.PathLike | None,
+              params: dict[str, Any] | None = None, backend: Any = None,
               threads: int | None = None) -> dict[str, Any]:
-    """Masks of every camera image of ``shard``; writes the ``masks`` store and returns (and writes) the metrics.
+    """Masks of every camera image of ``shard``; writes the ``masks`` store and returns (and writes) the
+    job's stats (masks, prompts, timings; no ground truth: :mod:`lidarlift.evaluate.masks` scores them).
 
     ``params``: the ``masks`` config section (defaults filled in). ``backend``: an already built backend
-    (tests); by default it is built from ``params`` (leasing a GPU for network backends). ``threads``:
+    (tests); by default it is built from ``params`` (network backends on the GPU the job leased, see :func:`resolve_device`). ``threads``:
     CPU threads for torch (the rule's ``threads``; torch would otherwise take every core of the host).
     """
     t_job = time.perf_counter()
-    if threads:
+    cfg = with_defaults(params)
+    if threads and (backend is not None or cfg["backend"] in NETWORK_BACKENDS):  # weight-free jobs never import torch
         import torch
 
         torch.set_num_threads(max(1, int(threads)))
-    cfg = with_defaults(params)
     manifest = Manifest.from_json(manifest_path)
     samples = manifest.shard_samples(shard)
     n_cams = len(manifest.cameras)
@@ -226,11 +216,9 @@ def run_masks(manifest_path: str | os.PathLike, shard: str, presegment_path: str
     image_size = sizes.pop()
     hw = out_size(image_size, float(cfg["scale"]))
     pts = load_points(str(presegment_path), str(associate_path), samples, n_cams)
-    space = get_label_space(label_space)
 
-    lease = None
     if backend is None:
-        device, lease = resolve_device(cfg)
+        device = resolve_device(cfg)
         backend = make_backend(cfg, device)
     else:
         device = getattr(getattr(backend, "generator", None), "device", None)
@@ -242,31 +230,21 @@ def run_masks(manifest_path: str | os.PathLike, shard: str, presegment_path: str
     n_images = len(samples) * n_cams
     labels = np.full((n_images, *hw), -1, np.int32)
     per_image: list[ImageMasks] = []
-    quality: list[dict] = []
     t_gen = 0.0
-    try:
-        with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next keyframe's images while this one runs
-            future = pool.submit(_read_sample_images, manifest, samples[0]) if samples else None
-            for s, sample in enumerate(samples):
-                images = future.result()
-                if s + 1 < len(samples):
-                    future = pool.submit(_read_sample_images, manifest, samples[s + 1])
-                views = _views(images, pts, s, n_cams)
-                t0 = time.perf_counter()
-                results = backend.generate(views, hw)
-                t_gen += time.perf_counter() - t0
-                for c, r in enumerate(results):
-                    labels[s * n_cams + c] = r.labels
-                    per_image.append(r)
-                    truth = image_truth(manifest, sample, c)
-                    if truth is not None:
-                        gt_label, gt_inst = (resize_nearest(a, hw) for a in truth)
-                        quality.append(image_metrics(r.labels, gt_inst, gt_label, space.thing_mask,
-                                                     int(cfg["eval_min_area"]), space.classes))
-                log.info("keyframe %d/%d: %s masks", s + 1, len(samples), [r.num_masks for r in results])
-    finally:
-        if lease is not None:
-            lease.release()
+    with ThreadPoolExecutor(max_workers=1) as pool:  # decode the next keyframe's images while this one runs
+        future = pool.submit(_read_sample_images, manifest, samples[0]) if samples else None
+        for s, sample in enumerate(samples):
+            images = future.result()
+            if s + 1 < len(samples):
+                future = pool.submit(_read_sample_images, manifest, samples[s + 1])
+            views = _views(images, pts, s, n_cams)
+            t0 = time.perf_counter()
+            results = backend.generate(views, hw)
+            t_gen += time.perf_counter() - t0
+            for c, r in enumerate(results):
+                labels[s * n_cams + c] = r.labels
+                per_image.append(r)
+            log.info("keyframe %d/%d: %s masks", s + 1, len(samples), [r.num_masks for r in results])
 
     counts = [r.num_masks for r in per_image]
     attrs = {
@@ -295,30 +273,22 @@ def run_masks(manifest_path: str | os.PathLike, shard: str, presegment_path: str
         artifacts.put(group, "segment_id", cat("segment_id", (-1,), np.int32))
         artifacts.put(group, "prompt_uv", cat("prompt_uv", (-1, 2), np.float32))
 
-    q = merge_counts(quality)
-    n_inst = q["thing_instances"]
-    metrics = {
+    stats = {
         "shard": shard,
         "backend": name,
         "generator": attrs["generator"],
         "model": attrs["backend_info"].get("model_type", ""),
         "device": attrs["device"],
         "images": n_images,
-        "images_with_truth": len(quality),
         "masks": int(sum(counts)),
         "prompts": int(getattr(backend, "prompts_made", 0)),
-        "eval_min_area": int(cfg["eval_min_area"]),
-        "quality": q,
-        "mean_best_iou_things": q["sum_best_iou"] / n_inst if n_inst else None,
-        "instance_recall_iou50": q["covered_iou50"] / n_inst if n_inst else None,
         "generate_s": t_gen,
         "images_per_s": n_images / t_gen if t_gen > 0 else None,
         "timings": dict(getattr(backend, "timings", {})),
         "job_s": time.perf_counter() - t_job,
     }
-    log.info("shard %s: %d masks on %d images (%.1f per image), %.2f images/s; mean best IoU %s, recall@0.5 %s",
-             shard, metrics["masks"], n_images, metrics["masks"] / max(1, n_images), metrics["images_per_s"] or 0,
-             metrics["mean_best_iou_things"], metrics["instance_recall_iou50"])
-    if metrics_path is not None:
-        write_json(metrics_path, metrics)
-    return metrics
+    log.info("shard %s: %d masks on %d images (%.1f per image), %.2f images/s", shard, stats["masks"], n_images,
+             stats["masks"] / max(1, n_images), stats["images_per_s"] or 0)
+    if stats_path is not None:
+        write_json(stats_path, stats)
+    return stats

@@ -1,4 +1,4 @@
-"""2D semantic maps for the annotation-free mode: simulated predictions, or a user's maps from files.
+"""2D semantic maps for the annotation-free mode: simulated predictions (read ground truth: they stand for a 2D model), or a user's maps from files.
 
 **The input contract** (any 2D model): one class-id map per camera image, a declared class list and a
 mapping of those classes to the training label space. Files are
@@ -155,6 +155,20 @@ def simulate_map(label: np.ndarray, instance: np.ndarray, space: LabelSpace, cor
 
 def image_rng(seed: int, camera_token: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), zlib.crc32(camera_token.encode()), 2])
+
+
+def simulated_camera_map(manifest: Any, sample: Any, cam: int, space: LabelSpace, corruption: Corruption) -> np.ndarray:
+    """The simulated 2D prediction of one camera image (H, W) uint8 0..K: the generator's 2D truth of
+    ``sample`` (a :class:`lidarlift.manifest.SampleRecord`) corrupted by :func:`simulate_map`. Reads
+    ground truth, as the 2D model it stands for would have been trained to predict it."""
+    from lidarlift.groundtruth import image_truth
+
+    record = sample.cameras[cam]
+    truth = image_truth(manifest, sample, cam)
+    if truth is None:
+        raise ValueError(f"sample {sample.token} camera {record.channel}: simulated 2D maps need the synthetic "
+                         "world's 2D ground truth; give real maps with pseudolabels.annotation_free.semantic2d.source: files")
+    return simulate_map(truth[0], truth[1], space, corruption, image_rng(corruption.seed, record.token or record.path))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
-"""The ``pseudolabels`` stage: read one shard's input stores, make one EM round's labels, write store + metrics.
+"""The ``pseudolabels`` stage: read one shard's input stores, make one EM round's labels, write store + stats.
 
 Inputs (all through :mod:`lidarlift.artifacts`): ``associate`` (uv, in_image, visible), ``presegment``
 (ground, segment_id, ground_cell), ``superpixels`` and ``masks`` (label maps at their working
 resolution; the scale is taken from the map size against the manifest's image size), the shard's
 clicks file (clicks mode), and for rounds >= 1 the round-0 ``pseudolabels`` store and the ``predict``
-store of round ``r - 1``. Points and ground truth come from the manifest's files.
+store of round ``r - 1``. Points come from the manifest's files; no ground truth is read here (the
+clicks come from :mod:`.annotator`, simulated 2D maps from :mod:`.simulate2d`, quality from
+:mod:`lidarlift.evaluate.pseudolabels`).
 
 A keyframe the upstream stages skipped (zero rows under ``bad_sample_policy: skip``) gets zero rows
 here too; any other disagreement in point counts between the stores and the LiDAR file is an error
@@ -24,16 +26,14 @@ import numpy as np
 from lidarlift import artifacts as A
 from lidarlift.classes import LabelSpace, label_space
 from lidarlift.datasets.readers import read_image, read_lidar
-from lidarlift.groundtruth import image_truth, point_truth
 from lidarlift.manifest import Manifest, SampleRecord
 from lidarlift.workflow import write_json
 
 from . import annotation_free as af
 from . import clicks as ck
 from .estep import EStepParams, calibrate, estep
-from .metrics import add_counts, label_counts, panoptic_counts
 from .propagate import Evidence, GraphParams, Labels, estimate_rings, iupc_propagate, ours_propagate
-from .simulate2d import Corruption, class_lookup, image_rng, read_map, simulate_map
+from .simulate2d import Corruption, class_lookup, read_map, simulated_camera_map
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class ClickParams:
     min_region_points: int = 5
     stuff_link_m: float = 1.0
     file: str | None = None
+    active_rounds: int = 5
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> "ClickParams":
@@ -74,6 +75,8 @@ class ClickParams:
             raise ValueError("config key pseudolabels.clicks.file: protocol 'file' needs the path of a clicks file")
         if not 0 <= p.share <= 1:
             raise ValueError(f"config key pseudolabels.clicks.share: {p.share} is not a share in 0..1")
+        if p.active_rounds < 1:
+            raise ValueError(f"config key pseudolabels.clicks.active_rounds: {p.active_rounds} is not >= 1")
         return p
 
 
@@ -105,8 +108,6 @@ class StageParams:
 
     mode: str = "clicks"
     propagation: str = "ours"
-    baseline: bool = True
-    pq_min_points: int = 15
     clicks: ClickParams = ClickParams()
     ours: GraphParams = GraphParams()
     af_method: str = "ours"
@@ -117,14 +118,14 @@ class StageParams:
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any] | None) -> "StageParams":
-        cfg = dict(cfg or {})
-        _check_keys("pseudolabels", cfg, {"mode", "propagation", "baseline", "pq_min_points", "clicks", "ours",
-                                          "annotation_free", "estep"})
+        from lidarlift.config import without_scoped
+
+        cfg = without_scoped("pseudolabels", cfg)
+        _check_keys("pseudolabels", cfg, {"mode", "propagation", "clicks", "ours", "annotation_free", "estep"})
         afc = dict(cfg.get("annotation_free") or {})
         _check_keys("pseudolabels.annotation_free", afc, {"method", "semantic2d", "simulated", "refine"})
         p = cls(
             mode=cfg.get("mode", "clicks"), propagation=cfg.get("propagation", "ours"),
-            baseline=bool(cfg.get("baseline", True)), pq_min_points=int(cfg.get("pq_min_points", 15)),
             clicks=ClickParams.from_config(cfg.get("clicks")), ours=GraphParams.from_config(cfg.get("ours")),
             af_method=afc.get("method", "ours"), semantic2d=Semantic2DParams.from_config(afc.get("semantic2d")),
             corruption=Corruption.from_config(afc.get("simulated")), refine=af.AnnotationFreeParams.from_config(afc.get("refine")),
@@ -145,16 +146,14 @@ class StageParams:
 
 @dataclass
 class SampleData:
-    """One keyframe's inputs. ``uv`` (N, C, 2), ``in_image`` / ``visible`` (N, C); ``truth`` / ``instance``
-    (N,) or None; ``evidence`` for the propagation; ``image_index`` = s * C (first camera's image)."""
+    """One keyframe's inputs. ``uv`` (N, C, 2), ``in_image`` / ``visible`` (N, C); ``evidence`` for the
+    propagation; ``image_index`` = s * C (first camera's image)."""
 
     record: SampleRecord
     evidence: Evidence
     uv: np.ndarray
     in_image: np.ndarray
     visible: np.ndarray
-    truth: np.ndarray | None
-    instance: np.ndarray | None
     image_index: int
 
 
@@ -231,7 +230,6 @@ def load_shard(manifest: Manifest, shard: str, associate: str | Path, presegment
     for s, sample in enumerate(samples):
         sl = A.sample_slice(off, s)
         n = sl.stop - sl.start
-        truth = instance = None
         ring = None
         if n:
             pts = read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token)
@@ -239,11 +237,6 @@ def load_shard(manifest: Manifest, shard: str, associate: str | Path, presegment
             if len(pts) != n:
                 raise PseudoLabelError(f"sample {sample.token}: associate store {associate} has {n} points, "
                                        f"lidar file {sample.lidar.path} has {len(pts)}")
-            gt = point_truth(manifest, sample)
-            if gt is not None:
-                if len(gt.label) != n:
-                    raise PseudoLabelError(f"sample {sample.token}: ground truth has {len(gt.label)} points, the sweep {n}")
-                truth, instance = gt.label, gt.instance
         else:
             pts = np.zeros((0, 4), np.float32)
         uv, in_image, visible = uv_all[sl], in_all[sl], vis_all[sl]
@@ -257,55 +250,8 @@ def load_shard(manifest: Manifest, shard: str, associate: str | Path, presegment
         )
         if colours and n:
             ev.color = point_colours(manifest, sample, uv, visible)
-        out.append(SampleData(sample, ev, uv, in_image, visible, truth, instance, s * c))
+        out.append(SampleData(sample, ev, uv, in_image, visible, s * c))
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# clicks (rule pseudolabel_clicks)
-
-
-def shard_clicks(manifest_path: str | Path, shard: str, out_path: str | Path, cfg: dict[str, Any],
-                 associate: str | Path | None = None, presegment: str | Path | None = None) -> dict[str, Any]:
-    """Write the clicks file of one shard; returns counts (points, clicks per sample)."""
-    manifest = Manifest.from_json(manifest_path)
-    space = label_space(manifest.label_space)
-    p = ClickParams.from_config(cfg)
-    samples = manifest.shard_samples(shard)
-    t0 = time.perf_counter()
-    result: dict[str, ck.SampleClicks] = {}
-    if p.protocol == "file":
-        counts = {}
-        for sample in samples:
-            counts[sample.token] = len(read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token))
-        result = ck.read_clicks(p.file, space, counts, known_tokens=[s.token for s in manifest.samples])
-    else:
-        loaded = None
-        if p.protocol == "iupc":
-            if not (associate and presegment):
-                raise PseudoLabelError("clicks protocol 'iupc' needs the associate and presegment stores")
-            loaded = load_shard(manifest, shard, associate, presegment, colours=False)
-        for s, sample in enumerate(samples):
-            rng = ck.click_rng(p.seed, sample.token)
-            if loaded is not None:
-                d = loaded[s]
-                if d.truth is None:
-                    raise PseudoLabelError(f"sample {sample.token}: the simulated annotator needs ground truth; "
-                                           "use pseudolabels.clicks.protocol 'file' on data without it")
-                ev = d.evidence
-                result[sample.token] = ck.iupc_clicks(d.truth, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space, rng)
-                continue
-            pts = read_lidar(manifest.resolve(sample.lidar.path), sample.lidar.fmt, sample.token)
-            gt = point_truth(manifest, sample)
-            if gt is None:
-                raise PseudoLabelError(f"sample {sample.token}: the simulated annotator needs ground truth; "
-                                       "use pseudolabels.clicks.protocol 'file' on data without it")
-            result[sample.token] = ck.budget_clicks(pts[:, :3], gt.label, gt.instance, space, p.share, rng,
-                                                    min_region_points=p.min_region_points, stuff_link_m=p.stuff_link_m)
-    ck.write_clicks(out_path, result, space)
-    n_clicks = sum(len(c) for c in result.values())
-    log.info("shard %s: %d clicks (%s protocol) in %.2f s", shard, n_clicks, p.protocol, time.perf_counter() - t0)
-    return {"clicks": n_clicks, "per_sample": {t: len(c) for t, c in result.items()}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,11 +269,7 @@ def camera_maps(manifest: Manifest, d: SampleData, masks_store, space: LabelSpac
         if p.semantic2d.source == "files":
             sem = read_map(p.semantic2d.dir, cam.token, (cam.height, cam.width), table)
         else:
-            truth = image_truth(manifest, d.record, c)
-            if truth is None:
-                raise PseudoLabelError(f"sample {d.record.token} camera {cam.channel}: simulated 2D maps need the synthetic "
-                                       "world's 2D ground truth; give real maps with annotation_free.semantic2d.source: files")
-            sem = simulate_map(truth[0], truth[1], space, p.corruption, image_rng(p.corruption.seed, cam.token or cam.path))
+            sem = simulated_camera_map(manifest, d.record, c, space, p.corruption)
         h, w = mask.shape
         if sem.shape != (h, w):
             sem = cv2.resize(sem, (w, h), interpolation=cv2.INTER_NEAREST)
@@ -347,29 +289,33 @@ def _read_labels(group, sl: slice) -> Labels:
     return Labels(*(np.asarray(group[f.name][sl]) for f in fields(Labels)))
 
 
-def run_shard(manifest_path: str | Path, shard: str, round: int, out_store: str | Path, metrics_path: str | Path,
+def run_shard(manifest_path: str | Path, shard: str, round: int, out_store: str | Path, stats_path: str | Path | None,
               cfg: dict[str, Any], *, associate: str | Path, presegment: str | Path,
               superpixels: str | Path | None = None, masks: str | Path | None = None,
               clicks: str | Path | None = None, round0: str | Path | None = None,
-              predict: str | Path | None = None) -> dict[str, Any]:
-    """Make and write the pseudo-labels of one shard and EM round; returns the metrics written.
+              predict: str | Path | None = None, baseline: bool = False) -> dict[str, Any]:
+    """Make and write the pseudo-labels of one shard and EM round; returns the stats written (what was
+    made and how long it took; :mod:`lidarlift.evaluate.pseudolabels` scores the store).
 
     Round 0 needs ``clicks`` (clicks mode) or ``masks`` (annotation-free mode); rounds >= 1 need
     ``round0`` (the round-0 pseudolabels store) and ``predict`` (the predict store of round - 1).
+    ``baseline`` (round 0 only; rule ``pseudolabels_baseline``): make the baseline's labels from the same
+    inputs instead -- IUPC's rule set in clicks mode, PointSAM-faithful lifting in annotation-free mode.
     """
     t0 = time.perf_counter()
     p = StageParams.from_config(cfg)
+    if baseline and round != 0:
+        raise PseudoLabelError(f"the baseline pseudo-labels are made in round 0 only, not round {round}")
+    method = (("iupc" if baseline else p.propagation) if p.mode == "clicks"
+              else ("pointsam" if baseline else p.af_method)) if round == 0 else p.estep.method
     manifest = Manifest.from_json(manifest_path)
     space = label_space(manifest.label_space)
-    ours_clicks = round == 0 and p.mode == "clicks" and p.propagation == "ours"
+    ours_clicks = round == 0 and p.mode == "clicks" and method == "ours"
     data = load_shard(manifest, shard, associate, presegment, superpixels if ours_clicks else None,
                       masks if ours_clicks else None, colours=ours_clicks and p.ours.w_color > 0)
     n_per = [d.evidence.n for d in data]
     t_load = time.perf_counter() - t0
-    ours: list[Labels] = []
-    base: list[Labels] = []
-    pan = {"ours": None, "baseline": None}
-    things = [i + 1 for i, c in enumerate(space.classes) if c in space.things]
+    made: list[Labels] = []
     extra: dict[str, Any] = {}
     if round == 0 and p.mode == "clicks":
         if clicks is None:
@@ -379,38 +325,30 @@ def run_shard(manifest_path: str | Path, shard: str, round: int, out_store: str 
         for d in data:
             c = all_clicks[d.record.token]
             ev = d.evidence
-            if p.propagation == "ours":
-                ours.append(ours_propagate(ev, c.point_index, c.label, space, p.ours))
-            if p.propagation == "iupc" or p.baseline:
-                iupc = iupc_propagate(ev.n, c.point_index, c.label, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space)
-                (ours if p.propagation == "iupc" else base).append(iupc)
-        extra["clicks"] = {"protocol": p.clicks.protocol, "share_target": p.clicks.share if p.clicks.protocol == "budget" else None}
+            if method == "ours":
+                made.append(ours_propagate(ev, c.point_index, c.label, space, p.ours))
+            else:
+                made.append(iupc_propagate(ev.n, c.point_index, c.label, ev.ground, ev.segment_id, ev.ground_cell, ev.fov, space))
+        extra["clicks"] = {"protocol": p.clicks.protocol,
+                           "share_target": p.clicks.share if p.clicks.protocol in ("budget", "active") else None,
+                           "active_rounds": p.clicks.active_rounds if p.clicks.protocol == "active" else None}
     elif round == 0:
         if masks is None:
             raise PseudoLabelError("round 0 in annotation_free mode needs the masks store")
         mk = A.open_store(masks, "masks")
-        with_baseline = p.af_method == "ours" and p.baseline
         for d in data:
             ev = d.evidence
             if ev.n == 0:  # a keyframe the upstream stages skipped
-                ours.append(Labels.unknown(0, space.num_classes))
-                base += [Labels.unknown(0, space.num_classes)] if with_baseline else []
+                made.append(Labels.unknown(0, space.num_classes))
                 continue
             cams = camera_maps(manifest, d, mk, space, p)
-            if p.af_method == "ours":
+            if method == "ours":
                 flag = d.visible if p.refine.occlusion else d.in_image
-                ours.append(af.ours_annotation_free(ev.xyz, flag, d.uv, ev.ground, ev.segment_id, cams, space, p.refine,
+                made.append(af.ours_annotation_free(ev.xyz, flag, d.uv, ev.ground, ev.segment_id, cams, space, p.refine,
                                                     in_image=d.in_image))
-            if p.af_method == "pointsam" or with_baseline:
-                pointsam = af.pointsam_baseline(ev.xyz, d.in_image, d.uv, cams, space, p.refine)
-                (base if with_baseline else ours).append(pointsam)
-            if d.truth is not None:
-                for key, lab in (("ours", ours[-1]), ("baseline", base[-1] if with_baseline else None)):
-                    if lab is None:
-                        continue
-                    cnt = panoptic_counts(lab.label, lab.instance_id, d.truth, d.instance, things, p.pq_min_points)
-                    pan[key] = cnt if pan[key] is None else add_counts(pan[key], cnt)
-        extra["annotation_free"] = {"method": p.af_method, "semantic2d": p.semantic2d.source,
+            else:
+                made.append(af.pointsam_baseline(ev.xyz, d.in_image, d.uv, cams, space, p.refine))
+        extra["annotation_free"] = {"semantic2d": p.semantic2d.source,
                                     "corruption": p.corruption.describe() if p.semantic2d.source == "simulated" else None}
     else:
         if round0 is None or predict is None:
@@ -433,42 +371,30 @@ def run_shard(manifest_path: str | Path, shard: str, round: int, out_store: str 
         if p.estep.method == "ours" and p.estep.calibration is not None:
             thresholds = calibrate(r0, logits, space.num_classes, p.estep.calibration)
         for s in range(len(data)):
-            ours.append(estep(r0[s], logits[s], feat_all[A.sample_slice(off, s)], space, p.estep, round, thresholds))
-        extra["estep"] = {"method": p.estep.method, "confidence": p.estep.confidence,
+            made.append(estep(r0[s], logits[s], feat_all[A.sample_slice(off, s)], space, p.estep, round, thresholds))
+        extra["estep"] = {"confidence": p.estep.confidence,
                           "thresholds": None if thresholds is None else
                           {c: (None if not np.isfinite(t) else round_(float(t))) for c, t in zip(space.classes, thresholds)}}
     t_run = time.perf_counter() - t0 - t_load
 
-    labels = _concat(ours) if ours else Labels.unknown(0, space.num_classes)
+    labels = _concat(made) if made else Labels.unknown(0, space.num_classes)
     offsets = A.offsets_from_counts(n_per)
     with A.write_store(out_store, "pseudolabels", shard=shard, sample_tokens=[d.record.token for d in data],
-                       params=cfg, round=round, mode=p.mode, label_space=space.name) as g:
+                       params=cfg, round=round, mode=p.mode, method=method, label_space=space.name) as g:
         A.put(g, "point_offsets", offsets)
         for f in fields(Labels):
             A.put(g, f.name, getattr(labels, f.name))
-
-    counts = None
-    base_counts = None
-    for s, d in enumerate(data):
-        cnt = label_counts(ours[s], d.truth, space, d.evidence.fov)
-        counts = cnt if counts is None else add_counts(counts, cnt)
-        if base:
-            b = label_counts(base[s], d.truth, space, d.evidence.fov)
-            base_counts = b if base_counts is None else add_counts(base_counts, b)
-    metrics = {
+    stats = {
         "shard": shard, "round": round, "split": manifest.split_of(shard), "mode": p.mode, "label_space": space.name,
-        "method": p.propagation if p.mode == "clicks" else p.af_method,
-        "baseline_method": ("iupc" if p.mode == "clicks" else "pointsam") if base else None,
-        "samples": len(data), "has_truth": all(d.truth is not None for d in data if d.evidence.n),
-        "counts": counts or {}, "baseline_counts": base_counts,
-        "panoptic": {"classes": [space.classes[c - 1] for c in things], **pan} if p.mode == "annotation_free" and round == 0 else None,
+        "method": method, "baseline": baseline, "samples": len(data), "points": int(offsets[-1]),
         "seconds": {"load": round_(t_load), "run": round_(t_run), "total": round_(time.perf_counter() - t0)},
         **extra,
     }
-    write_json(metrics_path, metrics)
-    log.info("shard %s round %d: %d points, %d labelled, %.2f s", shard, round, labels.label.size,
+    if stats_path is not None:
+        write_json(stats_path, stats)
+    log.info("shard %s round %d (%s): %d points, %d labelled, %.2f s", shard, round, method, labels.label.size,
              int((labels.label > 0).sum()), time.perf_counter() - t0)
-    return metrics
+    return stats
 
 
 def round_(x: float) -> float:

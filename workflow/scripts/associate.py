@@ -5,4 +5,4 @@ from lidarlift.workflow import job_logging
 with job_logging(snakemake.log[0], snakemake.threads):
     params = dict(snakemake.params.associate, bad_sample_policy=snakemake.params.bad_sample_policy)
     run_shard(snakemake.input.manifest, snakemake.wildcards.shard, snakemake.output.store,
-              snakemake.output.metrics, params)
+              snakemake.output.stats, params)
