@@ -33,9 +33,10 @@ def results_dir() -> Path:
 
 
 def run(timeout: float, cores: int, gpus: int) -> int:
-    """Run (or resume) the DAG; returns Snakemake's exit code (124 when stopped at the timeout)."""
+    """Run (or resume) the DAG; returns Snakemake's exit code (124 when stopped at the timeout). The
+    generator gets every core (the profile sizes it for 2)."""
     base = [sys.executable, "-m", "snakemake", "--profile", "profiles/default", "--configfile", str(CONFIG),
-            "--cores", str(cores), "--resources", f"gpu={gpus}"]
+            "--cores", str(cores), "--resources", f"gpu={gpus}", "--set-threads", f"synth={cores}"]
     subprocess.run(base + ["--unlock"], cwd=REPO, capture_output=True)
     t0 = time.time()
     proc = subprocess.Popen(base + ["--rerun-incomplete", "--keep-going"], cwd=REPO, start_new_session=True)
@@ -102,6 +103,8 @@ def collect(out_path: Path, wall_s: float | None) -> dict:
 
 
 def _git_commit() -> str | None:
+    if os.environ.get("LIDARLIFT_COMMIT"):  # the GPU machine's copy of the tree has no .git
+        return os.environ["LIDARLIFT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or None
     except OSError:
