@@ -78,7 +78,8 @@ FIGURES: dict[str, tuple[tuple[str, str], ...]] = {
 #: further figures kept per world (not part of the protocol's keys)
 EXTRA: dict[str, tuple[str, ...]] = {
     "association": ("in_image_precision", "in_image_recall"),
-    "presegment": ("ground_precision", "ground_recall", "lost_instance_share", "noise_share", "instances"),
+    "presegment": ("ground_precision", "ground_recall", "lost_instance_share", "noise_share", "instances",
+                   "merged_by_cause", "merged_by_class"),
     "pseudolabels": ("candidate_share", "candidate_contains_truth", "mean_candidate_set_size", "miou", "scored_points"),
 }
 

@@ -155,6 +155,9 @@ def test_metrics_definitions():
     assert s["ground_precision"] == 0.75 and s["segment_purity"] == 16 / 22 and s["split_instance_share"] == 0.5
     # car B's own segment (1) also holds 4 of car A's 10 segmented points (>= 10%): merged; car A's (0) is pure
     assert c["instances_merged"] == 1 and s["merge_instance_share"] == 0.5
+    # ... with another car: cause same_class; per class [merged, scored]
+    assert s["merged_by_cause"] == {"same_class": 1, "other_class": 0, "stuff": 0}
+    assert s["merged_by_class"] == {"car": [1, 2]}
     assert c["instances_far"] == 0 and s["merge_instance_share_beyond_30m"] is None
     c_far = presegment_counts(res, label, inst, point_range=np.full(len(label), 40.0))
     assert (c_far["instances_far"], c_far["instances_far_merged"]) == (2, 1)

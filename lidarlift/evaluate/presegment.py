@@ -13,7 +13,9 @@ Points whose true class is 0 (ignore) are left out of every count. Per keyframe
   segment holding most of its points) also holds at least ``split_min_share`` of another thing
   instance's segmented points, or is more than ``merge_stuff_share`` (20%) stuff points; the same over
   the instances whose centroid lies beyond 30 m (``merge_instance_share_beyond_30m``), where sparse
-  rows make range-adaptive links reach furthest.
+  rows make range-adaptive links reach furthest. Merged instances are also counted by cause
+  (``merged_by_cause``: another instance of the same class, of another thing class, or stuff -- the
+  first that applies) and per thing class (``merged_by_class``: [merged, scored]).
 """
 from __future__ import annotations
 
@@ -77,7 +79,8 @@ def _instance_counts(seg: np.ndarray, in_seg: np.ndarray, lab: np.ndarray, inst:
     ids, total = np.unique(inst[is_thing], return_counts=True)
     eligible = ids[total >= split_min_points]
     out = {"instances": int(len(eligible)), "instances_split": 0, "instances_lost": 0, "instances_scored": 0,
-           "instances_merged": 0, "instances_far": 0, "instances_far_merged": 0}
+           "instances_merged": 0, "instances_far": 0, "instances_far_merged": 0,
+           "merged_by_cause": {"same_class": 0, "other_class": 0, "stuff": 0}, "merged_by_class": {}}
     if not len(eligible):
         return out
     # (segment, instance) point counts over segmented points; stuff points carry instance 0
@@ -104,9 +107,19 @@ def _instance_counts(seg: np.ndarray, in_seg: np.ndarray, lab: np.ndarray, inst:
         out["instances_scored"] += 1
         out["instances_split"] += int(sum(c >= split_min_share * n for c in mine.values()) >= 2)
         own = max(mine, key=mine.get)
-        others = any(cnt >= split_min_share * inst_segmented[j] for j, cnt in pairs[own].items() if j != i)
-        merged = others or seg_stuff[own] > MERGE_STUFF_SHARE * seg_points[own]
-        far = float(np.mean(rng[inst == i])) >= FAR_M
+        others = [j for j, cnt in pairs[own].items() if j != i and cnt >= split_min_share * inst_segmented[j]]
+        stuffy = bool(seg_stuff[own] > MERGE_STUFF_SHARE * seg_points[own])
+        merged = bool(others) or stuffy
+        own_mask = inst == i
+        far = float(np.mean(rng[own_mask])) >= FAR_M
+        cls = int(np.bincount(lab[own_mask]).argmax())
+        per_class = out["merged_by_class"].setdefault(space.classes[cls - 1], [0, 0])
+        per_class[0] += int(merged)
+        per_class[1] += 1
+        if merged:  # the first cause that applies: another instance of the class, of another class, stuff
+            other_classes = {int(np.bincount(lab[inst == j]).argmax()) for j in others}
+            cause = "same_class" if cls in other_classes else "other_class" if other_classes else "stuff"
+            out["merged_by_cause"][cause] += 1
         out["instances_merged"] += int(merged)
         out["instances_far"] += int(far)
         out["instances_far_merged"] += int(merged and far)
@@ -127,4 +140,8 @@ def presegment_figures(c: dict[str, Any]) -> dict[str, Any]:
         "noise_share": ratio(g("noise_points", 0), g("nonground_points", 0)),
         "segments_per_sweep": ratio(g("segments", 0), g("sweeps", 0)),
         "instances": g("instances", 0),
+        # merged instances by cause (their own segment also holds an instance of the same class, of
+        # another thing class, or too much stuff) and [merged, scored] per thing class
+        "merged_by_cause": dict(g("merged_by_cause") or {}),
+        "merged_by_class": {k: list(v) for k, v in sorted((g("merged_by_class") or {}).items())},
     }

@@ -232,17 +232,17 @@ class GraphParams:
     max_ground_edge_m: float = 8.0  # longest edge between two ground points of neighbouring beams
     slope_tolerance: float = 0.02  # ground slope (rise / run) not counted as a height step
     # cue weights and thresholds: fitted on the tuning world by bench/fit_tuning.py (which writes them here)
-    w_distance: float = 0.601
-    w_height: float = 0.655
-    w_intensity: float = 0.7
-    w_color: float = 0.488
-    w_superpixel: float = 0.271
-    w_mask: float = 0.0
-    w_segment: float = 0.383
-    label_cost: float = -1.75  # a point is labelled when its best path's weakest link is below this ...
-    margin: float = 0.5  # ... and every other class needs at least this much more
+    w_distance: float = 0.629
+    w_height: float = 0.656
+    w_intensity: float = 0.698
+    w_color: float = 0.481
+    w_superpixel: float = 0.285
+    w_mask: float = 0.014
+    w_segment: float = 0.395
+    label_cost: float = -2.5  # a point is labelled when its best path's weakest link is below this ...
+    margin: float = 0.25  # ... and every other class needs at least this much more
     margin_flat: float | None = 1.0  # the margin for flat (ground) classes (None: ``margin``)
-    candidate_cost: float = -1.25  # unlabelled: classes reachable below this form the candidate set
+    candidate_cost: float = -2.0  # unlabelled: classes reachable below this form the candidate set
     ground_prior: bool = True  # unlabelled ground points: candidates = flat classes; non-ground: the rest
     family_barrier: bool = True  # flat classes never cross object-object edges, the others never ground-ground
     open_candidates: bool = True  # candidate sets also keep the classes nobody clicked in the keyframe
