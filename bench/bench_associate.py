@@ -146,7 +146,7 @@ def main() -> None:
     sweeps = [(scene_points(boxes, (dx, 0.0, 0.0)), to_cams) for dx in (-0.5, 0.5)]
     n, c = len(xyz), len(ks)
     pairs = n * c
-    default = AssociateParams()
+    default = AssociateParams.from_config()
     full_res = dataclasses.replace(default, buffer_max_width=0)
     uv, depth, in_image = project_points(xyz, to_cams, ks, sizes, default.min_depth)
     truth = in_image & visibility_truth(xyz, to_cams, boxes)  # in the image and unoccluded

@@ -116,7 +116,7 @@ def main() -> None:
             print(f"generated world seed {seed}: {args.scenes} x {args.samples} keyframes ({args.azimuth_steps} azimuth steps) "
                   f"in {time.perf_counter() - t0:.0f} s", flush=True)
             worlds.append((f"seed{seed}", root))
-    p = P.PresegmentParams()
+    p = P.PresegmentParams.from_config()
     methods = variants(p)
     P._warm_up(["iupc"])
     warm = np.random.default_rng(0).normal(size=(500, 3)) * 5  # warm caches (a cloud without beams: one beam = 1 deg)

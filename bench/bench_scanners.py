@@ -233,7 +233,7 @@ def sweep(tuning: dict[str, Path]) -> dict:
         ok = all(f["segment_purity"] >= MIN_PURITY for f in rows.values())
         score = float(np.mean([f["split_instance_share"] + f["merge_instance_share"] for f in rows.values()]))
         out["range_image"].append({"config": cfg, "feasible": ok, "split_plus_merge": score, "presets": rows})
-    best_fp = _select(out["footprint"], "worst_hidden", AssociateParams())
+    best_fp = _select(out["footprint"], "worst_hidden", AssociateParams.from_config())
     best_ri = _select(out["range_image"], "split_plus_merge", None)
     for name, key, best in (("footprint", "worst_hidden", best_fp), ("range_image", "split_plus_merge", best_ri)):
         rows = []

@@ -163,7 +163,7 @@ def run_isolated(name: str, cfg: UNetConfig, amp: bool, batch: dict, device: tor
             if hasattr(m, "algo"):
                 m.algo = getattr(ConvAlgo, algo)
     crit = SegmentationLoss(cfg.num_classes, class_weights=torch.ones(cfg.num_classes)).to(device)
-    opt = _optimizer(TrainConfig(lr=1e-3), model, device)
+    opt = _optimizer(TrainConfig.from_config({"lr": 1e-3}, num_classes=cfg.num_classes), model, device)
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -471,7 +471,7 @@ def main() -> int:
             say(f"skip {name}: budget of {a.budget_s:.0f} s spent")
             continue
         say(f"config {name}")
-        cfg = UNetConfig(channels=channels, blocks=b, voxel_size=v)
+        cfg = UNetConfig.from_config({"channels": list(channels), "blocks": b, "voxel_size": v}, num_classes=16)
         try:
             isolated.append(run_isolated(name, cfg, p == "amp", batch, device, steps, warmup,
                                          profile=(b, v, p, algo) == (blocks[0], voxels[0], goal_amp, None), algo=algo))

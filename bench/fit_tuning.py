@@ -22,8 +22,8 @@ to the masks and the simulated annotator's clicks run with the default config; t
 
 Writes ``lidarlift/pseudolabels/log_odds.json`` (header: the tuning world's generator parameters, the
 command, the edges counted, the weights, the thresholds and what they gave on the tuning world) and the
-weights and thresholds as the defaults of ``GraphParams`` (propagate.py), config/schema.yaml and
-config/config.yaml, then regenerates config/README.md. Deterministic: the world, the clicks and the
+weights and thresholds as the defaults of ``pseudolabels.ours`` in config/schema.yaml (where
+``GraphParams`` reads them) and config/config.yaml, then regenerates config/README.md. Deterministic: the world, the clicks and the
 grids are seeded or fixed (``--check`` on a fresh world reproduces the file).
 """
 from __future__ import annotations
@@ -199,11 +199,10 @@ def _replace_once(path: Path, pattern: str, repl: str) -> None:
 
 
 def write_defaults(values: dict[str, float]) -> None:
-    """The fitted thresholds (and weights) as the defaults of GraphParams, the schema and the shipped config."""
+    """The fitted thresholds (and weights) as the defaults in the schema (GraphParams reads them from
+    there) and the shipped config."""
     for key in values:
         v = repr(float(values[key]))
-        _replace_once(REPO / "lidarlift/pseudolabels/propagate.py",
-                      rf"^(    {key}: float(?: \| None)? = )[-0-9.]+", rf"\g<1>{v}")
         _replace_once(SCHEMA_PATH, rf"^(          {key}: \{{type: [^}}]*?default: )[-0-9.]+", rf"\g<1>{v}")
         _replace_once(CONFIG_PATH, rf"^(    {key}: )[-0-9.]+", rf"\g<1>{v}")
     subprocess.run([str(Path(sys.executable).with_name("lidarlift")), "config-docs", "--write"], check=True, cwd=REPO)

@@ -61,52 +61,39 @@ from lidarlift.scan import ScanResolution, read_sweep, resolve_resolution
 
 log = logging.getLogger(__name__)
 
-BAD_SAMPLE_POLICIES = ("error", "skip")
-
 
 @dataclass(frozen=True)
 class AssociateParams:
-    """Parameters of the ``associate`` config section (see config/schema.yaml for each key)."""
+    """Parameters of the ``associate`` config section plus ``dataset.bad_sample_policy`` (defaults and
+    meaning of each key: config/schema.yaml; fitted values: tuning world seed 1, bench/bench_scanners.py)."""
 
-    min_depth: float = 1.0
-    occlusion: bool = True
-    footprint_m: float = 0.07  # tuning world seed 1 (bench/bench_scanners.py --sweep)
-    footprint_beams: float = 0.5  # half the gap to the neighbouring returns: the footprints just close it (seed 1)
-    footprint_max_beams: float = 1.0  # seed 1 (bench/bench_scanners.py --sweep)
-    footprint_top_edge: float = 0.5  # share of the vertical spacing the footprint reaches up from a silhouette's top edge (seed 1)
-    beam_spacing_deg: float | None = None
-    depth_rel_tol: float = 0.05
-    depth_abs_tol: float = 0.3
-    buffer_max_width: int = 640
-    splat_max_radius_px: float = 3.0
-    densify_sweeps: int = 0
-    bad_sample_policy: str = "error"
+    min_depth: float
+    occlusion: bool
+    footprint_m: float
+    footprint_beams: float
+    footprint_max_beams: float
+    footprint_top_edge: float
+    beam_spacing_deg: float | None
+    depth_rel_tol: float
+    depth_abs_tol: float
+    buffer_max_width: int
+    splat_max_radius_px: float
+    densify_sweeps: int
+    bad_sample_policy: str  # dataset.bad_sample_policy
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "AssociateParams":
-        """From the ``associate`` section (plus ``bad_sample_policy``); unknown keys and bad values raise
-        ValueError naming the config key."""
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "AssociateParams":
+        """From the ``associate`` section (plus ``bad_sample_policy``; missing keys take the schema's
+        defaults); unknown keys and bad values raise ConfigError naming the config key."""
+        from lidarlift.config import ConfigError, section, typed
+
         cfg = dict(cfg or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"config section associate: unknown keys {unknown}; known: {sorted(names)}")
-        p = cls(**cfg)
-        checks = [
-            ("min_depth", p.min_depth >= 0), ("footprint_m", p.footprint_m >= 0),
-            ("footprint_beams", 0 <= p.footprint_beams <= 10),
-            ("footprint_max_beams", p.footprint_beams <= p.footprint_max_beams <= 10),
-            ("footprint_top_edge", 0 <= p.footprint_top_edge <= 1),
-            ("beam_spacing_deg", p.beam_spacing_deg is None or 0 < p.beam_spacing_deg <= 10),
-            ("depth_rel_tol", p.depth_rel_tol >= 0), ("depth_abs_tol", p.depth_abs_tol >= 0),
-            ("buffer_max_width", p.buffer_max_width >= 0), ("splat_max_radius_px", p.splat_max_radius_px >= 0),
-            ("densify_sweeps", p.densify_sweeps >= 0),
-        ]
-        for key, ok in checks:
-            if not ok:
-                raise ValueError(f"config key associate.{key}: invalid value {getattr(p, key)!r}")
-        if p.bad_sample_policy not in BAD_SAMPLE_POLICIES:
-            raise ValueError(f"config key dataset.bad_sample_policy: {p.bad_sample_policy!r}, choose one of {BAD_SAMPLE_POLICIES}")
+        policy = {"bad_sample_policy": cfg.pop("bad_sample_policy")} if "bad_sample_policy" in cfg else {}
+        dataset = section("dataset", policy)
+        p = typed(cls, "associate", cfg, extra={"bad_sample_policy": dataset["bad_sample_policy"]})
+        if p.footprint_max_beams < p.footprint_beams:
+            raise ConfigError([f"config key associate.footprint_max_beams: {p.footprint_max_beams!r} is below "
+                               f"associate.footprint_beams ({p.footprint_beams!r})"])
         return p
 
 
@@ -474,7 +461,7 @@ def nearest_sweeps(sample: SampleRecord, n: int) -> list[LidarFrame]:
 
 def _warm_up() -> None:
     """Compile (or load from the cache) the kernels before anything is timed."""
-    p = AssociateParams(beam_spacing_deg=1.0)
+    p = AssociateParams.from_config({"beam_spacing_deg": 1.0})
     t = np.eye(4)[None].copy()
     uv, d, ii = project_points(np.ones((2, 3), np.float32), t, np.array([[[10.0, 0, 5], [0, 10, 5], [0, 0, 1]]]), [[10, 10]])
     occlusion_test(uv, d, ii, np.array([[[10.0, 0, 5], [0, 10, 5], [0, 0, 1]]]), [[10, 10]], p, [(uv, d, np.full(2, 0.02))])

@@ -268,12 +268,16 @@ def section(path: str, cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
 
 
 def typed(cls: type, path: str, cfg: Mapping[str, Any] | None = None, *,
-          drop_scopes: tuple[str, ...] = ("evaluation",)) -> Any:
+          drop_scopes: tuple[str, ...] = ("evaluation",), extra: Mapping[str, Any] | None = None) -> Any:
     """A parameter dataclass of config section ``path`` from :func:`section` (schema defaults, ``cfg``
     over them, validated), nested dataclass fields built from their sub-sections, list values turned
     into tuples where the field is a tuple. Keys the schema marks with one of ``drop_scopes`` that the
     class has no field for are dropped (a stage's builder handed its whole section). The dataclasses
-    carry no defaults of their own: the schema is the one place."""
+    carry no defaults of their own: the schema is the one place.
+
+    ``extra``: values of the class's fields that are keys of another section (e.g.
+    ``dataset.bad_sample_policy`` beside the ``associate`` keys), already validated by the caller
+    (through :func:`section` of their own section)."""
     import dataclasses
     import typing
 
@@ -281,7 +285,7 @@ def typed(cls: type, path: str, cfg: Mapping[str, Any] | None = None, *,
     scoped = frozenset().union(*(scoped_keys(sc) for sc in drop_scopes)) if drop_scopes else frozenset()
     data = {k: v for k, v in dict(cfg or {}).items() if k in names or f"{path}.{k}" not in scoped}
     data = section(path, data)
-    return _build_typed(cls, path, data, typing.get_type_hints(cls))
+    return _build_typed(cls, path, {**data, **dict(extra or {})}, typing.get_type_hints(cls))
 
 
 def _build_typed(cls: type, path: str, data: dict[str, Any], hints: dict[str, Any]) -> Any:

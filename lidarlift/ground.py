@@ -42,21 +42,22 @@ def group_by(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 @dataclass
 class IupcGroundParams:
-    """IUPC's ground fit (configs/nuscenes/pretrain/preseg.yaml and prepare_sparse_label_mask.py)."""
+    """IUPC's ground fit (config ``presegment.iupc.ground``; the schema's defaults are IUPC's,
+    configs/nuscenes/pretrain/preseg.yaml and prepare_sparse_label_mask.py)."""
 
-    cell_range: float = 5.0  # m
-    cell_angle: float = 0.1  # x pi rad
-    distance_threshold: float = 0.2  # RANSAC inlier distance (m)
-    ransac_n: int = 10
-    num_iterations: int = 1000
-    max_tries: int = 3
-    min_points: int = 100  # a cell is fitted while more than this many candidate points remain
-    normal_z: float = 0.75  # |n.z| must exceed this ...
-    normal_z_near: float = 0.95  # ... or this in the cells by the car (ring index < 2, sector 4..5)
-    min_inlier_share: float = 0.5  # first plane of a cell must hold this share of its candidates
-    outlier_share: float = 0.1  # barycentre test only when outliers exceed this share of the cell
-    z_std_split: float = 0.75  # cells with a z spread above this fit only their points below the mean z
-    sweep_min_dist: float = 1.0  # earlier sweeps drop points with |x| and |y| below this
+    cell_range: float  # m
+    cell_angle: float  # x pi rad
+    distance_threshold: float  # RANSAC inlier distance (m)
+    ransac_n: int
+    num_iterations: int
+    max_tries: int
+    min_points: int  # a cell is fitted while more than this many candidate points remain
+    normal_z: float  # |n.z| must exceed this ...
+    normal_z_near: float  # ... or this in the cells by the car (ring index < 2, sector 4..5)
+    min_inlier_share: float  # first plane of a cell must hold this share of its candidates
+    outlier_share: float  # barycentre test only when outliers exceed this share of the cell
+    z_std_split: float  # cells with a z spread above this fit only their points below the mean z
+    sweep_min_dist: float  # earlier sweeps drop points with |x| and |y| below this
 
 
 def iupc_polar_grid(xyz: np.ndarray, cell_range: float, cell_angle: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -122,7 +123,10 @@ def iupc_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: IupcGroundPara
     """
     import open3d as o3d
 
-    p = p or IupcGroundParams()
+    if p is None:
+        from lidarlift.config import typed
+
+        p = typed(IupcGroundParams, "presegment.iupc.ground")
     o3d.utility.random.seed(int(seed))
     agg = np.concatenate([xyz_key.astype(np.float64)] + [remove_close(s, p.sweep_min_dist).astype(np.float64) for s in sweeps])
     ring, sector, n_sectors = iupc_polar_grid(agg, p.cell_range, p.cell_angle)
@@ -144,27 +148,28 @@ def iupc_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: IupcGroundPara
 
 @dataclass
 class CellPlaneParams:
-    """Ring-by-ring robust plane per polar cell (lidarlift's default ground)."""
+    """Ring-by-ring robust plane per polar cell (lidarlift's default ground; config
+    ``presegment.fast.ground``, defaults in config/schema.yaml)."""
 
-    cell_range: float = 5.0  # m
-    cell_angle: float = 0.1  # x pi rad
-    sensor_height: float = 1.84  # ground at z = -sensor_height by the car (nuScenes LIDAR_TOP; synthetic world)
-    window: float = 1.0  # candidates lie within this of the height predicted from the inner ring (m)
-    seed_quantile: float = 0.02  # a cell's low reference is this quantile of its candidates' height ...
-    seed_height: float = 0.25  # ... and its seeds lie up to this above it (m)
-    fit_threshold: float = 0.12  # refits use the points within this vertical distance of the plane (m)
-    refits: int = 2
-    ridge: float = 0.5  # pulls under-determined cells towards a level plane (m^2 of xy spread)
-    max_slope: float = 0.25  # tan of the steepest ground accepted (0.25 = 14 degrees)
-    min_inliers: int = 5
-    max_step: float = 0.2  # a cell's height may leave the inner ring's prediction by this (m) ...
-    grade_change: float = 0.03  # ... plus this per metre between the two planes' centroids
-    above: float = 0.2  # ground: up to this far above the cell plane (m) ...
-    below: float = 0.5  # ... or this far below it
-    column: float = 0.4  # xy column edge for the structure test (m); 0 = off
-    structure_top: float = 2.5  # a column holds a structure when a point lies above ``above`` and below this (m)
-    tight: float = 0.05  # in such a column only points this close over the plane stay ground (m)
-    sweep_min_dist: float = 1.0
+    cell_range: float  # m
+    cell_angle: float  # x pi rad
+    sensor_height: float  # ground at z = -sensor_height by the car (nuScenes LIDAR_TOP; synthetic world)
+    window: float  # candidates lie within this of the height predicted from the inner ring (m)
+    seed_quantile: float  # a cell's low reference is this quantile of its candidates' height ...
+    seed_height: float  # ... and its seeds lie up to this above it (m)
+    fit_threshold: float  # refits use the points within this vertical distance of the plane (m)
+    refits: int
+    ridge: float  # pulls under-determined cells towards a level plane (m^2 of xy spread)
+    max_slope: float  # tan of the steepest ground accepted (0.25 = 14 degrees)
+    min_inliers: int
+    max_step: float  # a cell's height may leave the inner ring's prediction by this (m) ...
+    grade_change: float  # ... plus this per metre between the two planes' centroids
+    above: float  # ground: up to this far above the cell plane (m) ...
+    below: float  # ... or this far below it
+    column: float  # xy column edge for the structure test (m); 0 = off
+    structure_top: float  # a column holds a structure when a point lies above ``above`` and below this (m)
+    tight: float  # in such a column only points this close over the plane stay ground (m)
+    sweep_min_dist: float
 
 
 def polar_cells(xyz: np.ndarray, cell_range: float, cell_angle: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -220,7 +225,10 @@ def cell_plane_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: CellPlan
     densify the fit. Returns ``ground`` (N,) bool and ``ground_cell`` (N,) int32 (-1 for non-ground), and
     with ``return_height`` also ``height`` (N,) float32, each point's height over its cell's plane (m).
     """
-    p = p or CellPlaneParams()
+    if p is None:
+        from lidarlift.config import typed
+
+        p = typed(CellPlaneParams, "presegment.fast.ground")
     n_key = len(xyz_key)
     if n_key == 0:
         empty = (np.zeros(0, bool), np.zeros(0, np.int32))

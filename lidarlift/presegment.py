@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -52,27 +52,32 @@ from lidarlift.workflow import write_json
 
 log = logging.getLogger("lidarlift.presegment")
 
+# The parameter classes below mirror the ``presegment`` section of config/schema.yaml, which holds every
+# default and every range (fitted values: tuning world, synthetic seed 1, bench/bench_scanners.py --sweep);
+# build them with :meth:`PresegmentParams.from_config`.
+
+
 @dataclass
 class HdbscanParams:
     """``hdbscan.HDBSCAN`` settings (IUPC: min_cluster_size 5, cluster_selection_epsilon 0.5)."""
 
-    min_cluster_size: int = 5
-    cluster_selection_epsilon: float = 0.5
-    min_samples: int | None = None
+    min_cluster_size: int
+    cluster_selection_epsilon: float
+    min_samples: int | None  # None: min_cluster_size
 
 
 @dataclass
 class RangeComponentsParams:
     """Range-adaptive connected components of voxel centroids (optionally HDBSCAN on small leftovers)."""
 
-    voxel: float = 0.2  # voxel edge (m); points of a voxel share its segment
-    eps: float = 0.3  # voxels closer than this are connected (m) ...
-    link_beams: float = 1.72  # ... or, along the line of sight and vertically, this many vertical beam spacings at their range
-    link_columns: float = 3.0  # ... and across it (along the azimuth) this many azimuth steps
-    range_bands: int = 6  # range bands for the adaptive radius search
-    min_points: int = 5  # components with fewer points are noise
-    leftover_below: int = 0  # components with fewer points go to HDBSCAN together (0 = off: measured no better)
-    leftover_hdbscan: HdbscanParams = field(default_factory=HdbscanParams)
+    voxel: float  # voxel edge (m); points of a voxel share its segment
+    eps: float  # voxels closer than this are connected (m) ...
+    link_beams: float  # ... or, along the line of sight and vertically, this many vertical beam spacings at their range
+    link_columns: float  # ... and across it (along the azimuth) this many azimuth steps
+    range_bands: int  # range bands for the adaptive radius search
+    min_points: int  # components with fewer points are noise
+    leftover_below: int  # components with fewer points go to HDBSCAN together (0 = off: measured no better)
+    leftover_hdbscan: HdbscanParams
 
 
 @dataclass
@@ -85,110 +90,72 @@ class RangeImageParams:
     world (synthetic seed 1, all three presets: ``bench/bench_scanners.py --sweep``).
     """
 
-    theta_deg: float = 10.0  # angle criterion along a scan line (Bogoslavskyi & Stachniss's default; not fitted)
-    theta_vertical_deg: float = 30.0  # ... across the scan lines (tuning world seed 1: fewer merges of touching things)
-    slope_tolerance: float = 0.3  # a grazing surface: the depth slope continues on both sides within this share (seed 1)
-    bridge_m: float = 1.0  # a surface continues behind a nearer occluder hiding up to this much of it (m; seed 1)
-    bridge_deg: float = 30.0  # ... when the angle criterion across the hidden stretch holds at this angle (seed 1)
-    stack_gap_m: float = 2.0  # stacked parts: the longest hidden horizontal surface bridged (a bonnet, m; seed 1)
-    stack_rings: float = 1.5  # ... and at most this many ring spacings of a horizontal surface at that height (seed 1)
-    stack_tolerance_m: float = 0.15  # ... the upper part lies no lower than the lower part's top less this (m)
-    stack_min_pairs: int = 3  # ... joined by at least this many neighbouring returns (seed 1)
-    stack_above: float = 0.8  # ... this share of the upper part lies above the lower part's top (seed 1)
-    stack_overlap: float = 0.5  # ... their azimuth spans overlap by this share of the narrower (seed 1)
-    stack_width_ratio: float = 0.3  # ... and the narrower spans at least this share of the wider (seed 1)
-    columns: float = 2.5  # a neighbour along the scan line lies within this many azimuth steps (one dropped return)
-    min_points: int = 5  # segments with fewer points are noise
+    theta_deg: float  # angle criterion along a scan line (Bogoslavskyi & Stachniss's default; not fitted)
+    theta_vertical_deg: float  # ... across the scan lines
+    slope_tolerance: float  # a grazing surface: the depth slope continues on both sides within this share
+    bridge_m: float  # a surface continues behind a nearer occluder hiding up to this much of it (m)
+    bridge_deg: float  # ... when the angle criterion across the hidden stretch holds at this angle
+    stack_gap_m: float  # stacked parts: the longest hidden horizontal surface bridged (a bonnet, m)
+    stack_rings: float  # ... and at most this many ring spacings of a horizontal surface at that height
+    stack_tolerance_m: float  # ... the upper part lies no lower than the lower part's top less this (m)
+    stack_min_pairs: int  # ... joined by at least this many neighbouring returns
+    stack_above: float  # ... this share of the upper part lies above the lower part's top
+    stack_overlap: float  # ... their azimuth spans overlap by this share of the narrower
+    stack_width_ratio: float  # ... and the narrower spans at least this share of the wider
+    columns: float  # a neighbour along the scan line lies within this many azimuth steps (one dropped return)
+    min_points: int  # segments with fewer points are noise
 
 
 @dataclass
 class VoxelHdbscanParams:
     """HDBSCAN over voxel centroids, propagated to the points of each voxel."""
 
-    voxel: float = 0.2
-    hdbscan: HdbscanParams = field(default_factory=HdbscanParams)
+    voxel: float
+    hdbscan: HdbscanParams
 
 
 @dataclass
 class IupcParams:
     """The baseline (``presegment.iupc``)."""
 
-    sweeps: int = 5  # earlier sweeps aggregated for ground fitting
-    ground: IupcGroundParams = field(default_factory=IupcGroundParams)
-    hdbscan: HdbscanParams = field(default_factory=HdbscanParams)
+    sweeps: int  # earlier sweeps aggregated for ground fitting
+    ground: IupcGroundParams
+    hdbscan: HdbscanParams
 
 
 @dataclass
 class FastParams:
     """lidarlift's default (``presegment.fast``)."""
 
-    sweeps: int = 0  # earlier sweeps aggregated for ground fitting (measured: no gain on the synthetic world)
-    ground: CellPlaneParams = field(default_factory=CellPlaneParams)
-    cluster: str = "range_image"  # range_image | range_components | voxel_hdbscan | hdbscan
-    range_image: RangeImageParams = field(default_factory=RangeImageParams)
-    range_components: RangeComponentsParams = field(default_factory=RangeComponentsParams)
-    voxel_hdbscan: VoxelHdbscanParams = field(default_factory=VoxelHdbscanParams)
-    hdbscan: HdbscanParams = field(default_factory=HdbscanParams)
+    sweeps: int  # earlier sweeps aggregated for ground fitting (measured: no gain on the synthetic world)
+    ground: CellPlaneParams
+    cluster: str  # range_image | range_components | voxel_hdbscan | hdbscan (CLUSTERERS)
+    range_image: RangeImageParams
+    range_components: RangeComponentsParams
+    voxel_hdbscan: VoxelHdbscanParams
+    hdbscan: HdbscanParams
 
 
 @dataclass
 class PresegmentParams:
-    """The ``presegment`` config section."""
+    """The ``presegment`` config section (its evaluation-scoped keys left out)."""
 
-    method: str = "fast"
-    seed: int = 0
-    beam_spacing_deg: float | None = None  # None: measured from each sweep (lidarlift.scan); a number: one beam = this
-    iupc: IupcParams = field(default_factory=IupcParams)
-    fast: FastParams = field(default_factory=FastParams)
+    method: str
+    seed: int
+    beam_spacing_deg: float | None  # None: measured from each sweep (lidarlift.scan); a number: one beam = this
+    iupc: IupcParams
+    fast: FastParams
 
     @staticmethod
-    def from_config(cfg: dict[str, Any] | None) -> "PresegmentParams":
-        from lidarlift.config import without_scoped
+    def from_config(cfg: dict[str, Any] | None = None) -> "PresegmentParams":
+        """From the section (missing keys take the schema's defaults, evaluation-scoped keys are dropped);
+        unknown keys and bad values raise ConfigError naming the config key."""
+        from lidarlift.config import typed
 
-        p = _build(PresegmentParams, without_scoped("presegment", cfg), "presegment")
-        if p.method not in METHODS:
-            raise ValueError(f"config key presegment.method: unknown method {p.method!r}; choose one of {sorted(METHODS)}")
-        if p.fast.cluster not in CLUSTERERS:
-            raise ValueError(f"config key presegment.fast.cluster: unknown {p.fast.cluster!r}; "
-                             f"choose one of {sorted(CLUSTERERS)}")
-        if p.beam_spacing_deg is not None and not 0 < p.beam_spacing_deg <= 10:
-            raise ValueError(f"config key presegment.beam_spacing_deg: {p.beam_spacing_deg!r} is not in (0, 10] (null: measured)")
-        if p.fast.range_components.link_beams < 0:
-            raise ValueError(f"config key presegment.fast.range_components.link_beams: {p.fast.range_components.link_beams!r} < 0")
-        ri = p.fast.range_image
-        for key in ("theta_deg", "theta_vertical_deg", "bridge_deg"):
-            if not 0 < getattr(ri, key) < 90:
-                raise ValueError(f"config key presegment.fast.range_image.{key}: {getattr(ri, key)!r} is not in (0, 90) degrees")
-        for key in ("stack_above", "stack_overlap", "stack_width_ratio"):
-            if not 0 <= getattr(ri, key) <= 1:
-                raise ValueError(f"config key presegment.fast.range_image.{key}: {getattr(ri, key)!r} is not in [0, 1]")
-        if ri.columns < 1:
-            raise ValueError(f"config key presegment.fast.range_image.columns: {ri.columns!r} < 1 azimuth step")
-        return p
+        return typed(PresegmentParams, "presegment", cfg)
 
     def sweeps_for(self, method: str) -> int:
         return self.iupc.sweeps if method == "iupc" else self.fast.sweeps
-
-
-def _build(cls: type, cfg: dict[str, Any], where: str) -> Any:
-    """A (nested) params dataclass from a config mapping; unknown keys raise naming the config key."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
-    bad = sorted(set(cfg) - names)
-    if bad:
-        raise ValueError(f"config section {where}: unknown keys {bad}; known: {sorted(names)}")
-    kw = {}
-    for k, v in cfg.items():
-        t = hints.get(k)
-        if dataclasses.is_dataclass(t):
-            if not isinstance(v, dict):
-                raise ValueError(f"config key {where}.{k} must be a mapping, got {v!r}")
-            v = _build(t, dict(v), f"{where}.{k}")
-        kw[k] = v
-    return cls(**kw)
 
 
 @dataclass
@@ -715,8 +682,9 @@ def run_shard(manifest_path: str, shard: str, store_path: str, stats_path: str |
     ``skipped``. Seconds are the method's compute on ``threads`` cores (wall and CPU); reading the files and
     moving the earlier sweeps into the keyframe frame are counted apart (``read_seconds``).
     """
-    if bad_sample_policy not in ("error", "skip"):
-        raise ValueError(f"config key dataset.bad_sample_policy: expected 'error' or 'skip', got {bad_sample_policy!r}")
+    from lidarlift.config import section
+
+    bad_sample_policy = section("dataset", {"bad_sample_policy": bad_sample_policy})["bad_sample_policy"]
     p = PresegmentParams.from_config(params)
     m = method or p.method
     if m not in METHODS:

@@ -219,8 +219,9 @@ def run_shard(manifest_path: str, shard: str, store_path: str, stats_path: str |
     """
     import cv2
 
-    if bad_sample_policy not in ("error", "skip"):
-        raise ValueError(f"config key dataset.bad_sample_policy: expected 'error' or 'skip', got {bad_sample_policy!r}")
+    from lidarlift.config import section
+
+    bad_sample_policy = section("dataset", {"bad_sample_policy": bad_sample_policy})["bad_sample_policy"]
     cv2.setNumThreads(max(1, int(threads)))
     p = SuperpixelParams.from_config(params)
     manifest = Manifest.from_json(manifest_path)

@@ -42,7 +42,7 @@ def scene(seed: int = 0) -> tuple[Evidence, np.ndarray, np.ndarray]:
     return ev, truth, instance
 
 
-GRAPH = GraphParams(beam_spacing_deg=1.33)  # no beam structure to measure in a hand-built scene: one beam = 1.33 deg
+GRAPH = GraphParams.from_config(dict(beam_spacing_deg=1.33))  # no beam structure to measure in a hand-built scene: one beam = 1.33 deg
 
 
 def truth_answer(truth: dict[str, np.ndarray]):

@@ -13,6 +13,7 @@ from lidarlift.evaluate.association import association_figures, transfer_counts
 from lidarlift.evaluate.counts import total
 from lidarlift.evaluate.merge import score_stores
 from lidarlift.summary import association as association_stats
+from lidarlift.config import ConfigError
 from lidarlift.associate import (
     AssociateParams, anchor_association, associate, depth_buffer, occlusion_test, project_points, run_shard, upper_edge,
 )
@@ -101,7 +102,7 @@ def test_box_in_front_of_wall_hides_the_wall_behind_it():
     # camera at the scene origin looking along +x; the LiDAR 4 m to its right sees the wall behind the board
     xyz, is_box, lidar_to_scene = scan_board_and_wall()
     to_cam = invert(make_transform(cam_rotation(0), [0, 0, 0])) @ lidar_to_scene
-    p = AssociateParams()
+    p = AssociateParams.from_config()
     a = associate(xyz, to_cam[None], K[None], [SIZE], p)  # the footprint in the scan's own beams, measured
     xyz_scene = xyz + lidar_to_scene[:3, 3]
     # the box occupies |y|, |z| < 1 at 8 m = 2.5 m at 20 m: wall points well inside that shadow are hidden
@@ -112,14 +113,14 @@ def test_box_in_front_of_wall_hides_the_wall_behind_it():
     assert a.visible[clear, 0].all()
     assert a.visible[is_box & inside, 0].all()
     # without the occlusion test everything in the image is "visible" (the anchors' behaviour)
-    off = associate(xyz, to_cam[None], K[None], [SIZE], AssociateParams(occlusion=False))
+    off = associate(xyz, to_cam[None], K[None], [SIZE], AssociateParams.from_config(dict(occlusion=False)))
     assert (off.visible == off.in_image).all()
 
 
 def test_footprint_grows_as_depth_shrinks():
     # exact discs (one buffer level); one beam = 1 deg, so the bounds read in degrees
-    p = AssociateParams(footprint_m=0.2, footprint_beams=0.2, footprint_max_beams=10.0, beam_spacing_deg=1.0,
-                        buffer_max_width=0, splat_max_radius_px=0)
+    p = AssociateParams.from_config(dict(footprint_m=0.2, footprint_beams=0.2, footprint_max_beams=10.0, beam_spacing_deg=1.0,
+                        buffer_max_width=0, splat_max_radius_px=0))
     uv = np.array([[320.0, 240.0]], np.float32)
     near, _ = depth_buffer(uv, np.array([2.0], np.float32), 400.0, SIZE, p)
     far, _ = depth_buffer(uv, np.array([20.0], np.float32), 400.0, SIZE, p)
@@ -144,7 +145,7 @@ def test_footprint_is_counted_in_the_points_own_beams():
     """The floor and ceiling of a disc are beams of the sweep at the point: a far point (where the floor
     rules) of a sensor with half the beam spacing gets half the radius, a quarter of the pixels; so a
     64-beam sweep's rows (1/3 deg apart) are not covered by a 32-beam floor (0.44 deg of 1.33)."""
-    p = AssociateParams(buffer_max_width=0, splat_max_radius_px=0)
+    p = AssociateParams.from_config(dict(buffer_max_width=0, splat_max_radius_px=0))
     uv = np.array([[320.0, 240.0]], np.float32)
     far = np.array([60.0], np.float32)
     area = [np.isfinite(depth_buffer(uv, far, 2000.0, SIZE, p, spacing=np.radians([s]))[0]).sum() for s in (1.0, 0.5)]
@@ -152,7 +153,7 @@ def test_footprint_is_counted_in_the_points_own_beams():
     assert abs(area[0] / area[1] - 4) < 0.3 and r32 > 2000 * np.tan(np.radians(1 / 3)) > 2000 * np.tan(np.radians(p.footprint_beams / 3))
     with pytest.raises(ValueError, match="associate.beam_spacing_deg"):
         depth_buffer(uv, far, 400.0, SIZE, p)  # no spacing and no override
-    with pytest.raises(ValueError, match=r"unknown keys \['footprint_min_deg'\]"):
+    with pytest.raises(ConfigError, match=r"config key associate\.footprint_min_deg: unknown key"):
         AssociateParams.from_config({"footprint_min_deg": 0.5})
 
 
@@ -168,10 +169,10 @@ def test_far_ground_rows_of_a_dense_scanner_stay_visible():
     to_cam = invert(make_transform(cam_rotation(0), [0.75, 0.0, -0.3]))  # camera 0.75 m ahead, 0.3 m lower
     k = np.array([[1266.0 * 0.4, 0, 320], [0, 1266.0 * 0.4, 180], [0, 0, 1]])
     scan = measure_scan(xyz)
-    beams = associate(xyz, to_cam[None], k[None], [(640, 360)], AssociateParams(), (), scan)
+    beams = associate(xyz, to_cam[None], k[None], [(640, 360)], AssociateParams.from_config(), (), scan)
     old = associate(xyz, to_cam[None], k[None], [(640, 360)],
-                    AssociateParams(beam_spacing_deg=1.0, footprint_beams=0.5, footprint_max_beams=1.0, footprint_m=0.1,
-                                    footprint_top_edge=1.0))
+                    AssociateParams.from_config(dict(beam_spacing_deg=1.0, footprint_beams=0.5, footprint_max_beams=1.0, footprint_m=0.1,
+                                    footprint_top_edge=1.0)))
     seen = beams.in_image[:, 0] & band
     assert seen.sum() > 1000
     assert (~beams.visible[seen, 0]).mean() <= 0.02 < 0.5 < (~old.visible[seen, 0]).mean()
@@ -181,7 +182,7 @@ def test_footprint_is_an_ellipse_of_the_scan_steps():
     """A far point's footprint (the floor rules) spans half a step to each side: the azimuth step along
     the image rows, the vertical spacing along the columns; above a silhouette's top edge (spacing 0
     upwards) it does not reach above the point's own row."""
-    p = AssociateParams(buffer_max_width=0, splat_max_radius_px=0)
+    p = AssociateParams.from_config(dict(buffer_max_width=0, splat_max_radius_px=0))
     uv = np.array([[320.0, 240.0]], np.float32)
     far = np.array([60.0], np.float32)
     zbuf, _ = depth_buffer(uv, far, 2000.0, SIZE, p, spacing=np.radians([[0.2, 1.33, 1.33]]))
@@ -214,7 +215,7 @@ def test_far_ground_over_a_fence_stays_visible():
     far = (owner == 0) & (np.hypot(xyz[:, 0], xyz[:, 1]) >= 30) & (np.hypot(xyz[:, 0], xyz[:, 1]) < 50)
     hidden = {}
     for edge in (0.5, 1.0):
-        a = associate(xyz, to_cam[None], k[None], [(640, 360)], AssociateParams(footprint_top_edge=edge), (), scan)
+        a = associate(xyz, to_cam[None], k[None], [(640, 360)], AssociateParams.from_config(dict(footprint_top_edge=edge)), (), scan)
         seen = a.in_image[:, 0] & far & ~blocked
         assert seen.sum() > 1000 and a.visible[(owner == 1) & a.in_image[:, 0], 0].all()
         hidden[edge] = (~a.visible[seen, 0]).mean()
@@ -229,7 +230,7 @@ def test_overlapping_cameras_keep_both_views():
     # cameras at yaw 0 and 40 deg (hfov 77 deg each); a point at 20 deg is in both
     to_cams = np.stack([invert(make_transform(cam_rotation(yaw), [0, 0, 0])) for yaw in (0, 40)])
     pts = np.array([[10 * np.cos(np.radians(a)), 10 * np.sin(np.radians(a)), 0.0] for a in (20, -30, 60)], np.float32)
-    a = associate(pts, to_cams, np.stack([K, K]), [SIZE, SIZE], AssociateParams(beam_spacing_deg=1.0))
+    a = associate(pts, to_cams, np.stack([K, K]), [SIZE, SIZE], AssociateParams.from_config(dict(beam_spacing_deg=1.0)))
     assert a.in_image.tolist() == [[True, True], [True, False], [False, True]]
     assert a.visible.tolist() == a.in_image.tolist()
     assert np.allclose(a.depth[0], [10 * np.cos(np.radians(20))] * 2, atol=1e-4)
@@ -410,10 +411,14 @@ def test_production_never_reads_ground_truth_and_evaluation_names_a_bad_truth_fi
 
 
 def test_unknown_config_key_is_named():
-    with pytest.raises(ValueError, match="associate: unknown keys \\['footprint'\\]"):
+    with pytest.raises(ConfigError, match=r"config key associate\.footprint: unknown key"):
         AssociateParams.from_config({"footprint": 1})
-    with pytest.raises(ValueError, match="associate.depth_rel_tol"):
+    with pytest.raises(ConfigError, match=r"config key associate\.depth_rel_tol: -1 is less than the minimum of 0"):
         AssociateParams.from_config({"depth_rel_tol": -1})
+    with pytest.raises(ConfigError, match=r"config key associate\.footprint_max_beams: 0\.2 is below associate\.footprint_beams"):
+        AssociateParams.from_config({"footprint_beams": 0.5, "footprint_max_beams": 0.2})
+    with pytest.raises(ConfigError, match=r"config key dataset\.bad_sample_policy: 'ignore' is not one of"):
+        AssociateParams.from_config({"bad_sample_policy": "ignore"})
 
 
 def test_figures_sum_counts_before_dividing():

@@ -140,12 +140,12 @@ def test_threshold_fit_finds_the_known_optimum():
     sample = fit.ThresholdSample(best=best, d1=d1, d2=np.full(n, np.inf, np.float32),
                                  per_class=d1[:, None], classes=np.array([car]), ground=np.zeros(n, bool),
                                  click=np.zeros(n, bool), truth=truth)
-    got = fit.fit_thresholds([sample], NUSCENES16, pp.GraphParams(), min_precision=0.99, min_candidate_truth=0.0)
+    got = fit.fit_thresholds([sample], NUSCENES16, pp.GraphParams.from_config(), min_precision=0.99, min_candidate_truth=0.0)
     assert got.label_cost == -2.0
     assert got.precision == 1.0 and got.labelled_share == pytest.approx((d1 <= -2).mean())
     with pytest.raises(ValueError, match="precision"):
         sample.truth = np.full(n, ped)
-        fit.fit_thresholds([sample], NUSCENES16, pp.GraphParams(), min_precision=0.99, min_candidate_truth=0.0)
+        fit.fit_thresholds([sample], NUSCENES16, pp.GraphParams.from_config(), min_precision=0.99, min_candidate_truth=0.0)
 
 
 def test_distance_unit_is_in_beams():
@@ -154,7 +154,7 @@ def test_distance_unit_is_in_beams():
     xyz = np.array([[20.0, 0, 0], [20.0, 0.3, 0], [5.0, 0, 0], [5.0, 0.3, 0]], np.float32)
     ev = pp.Evidence(xyz=xyz, ground=np.zeros(4, bool), segment_id=np.zeros(4, np.int32), ground_cell=np.full(4, -1, np.int32),
                      fov=np.ones(4, bool), spacing=np.full(4, math.radians(1.0)))
-    p = pp.GraphParams()
+    p = pp.GraphParams.from_config()
     unit = pp.distance_unit(ev, p)
     assert unit[0] == pytest.approx(p.scale_beams * math.radians(1.0) * 20.0)
     assert unit[2] == pytest.approx(p.scale_beams * math.radians(1.0) * p.min_range_m)
@@ -166,7 +166,7 @@ def test_distance_unit_is_in_beams():
             assert d == pytest.approx(2 * key[(a, b)], rel=1e-5)
     # beam_spacing_deg gives the spacing where the evidence has none
     ev.spacing = None
-    assert pp.distance_unit(ev, pp.GraphParams(beam_spacing_deg=1.0)) == pytest.approx(unit)
+    assert pp.distance_unit(ev, pp.GraphParams.from_config(dict(beam_spacing_deg=1.0))) == pytest.approx(unit)
 
 
 def test_log_odds_file_errors_name_the_file(tmp_path):
@@ -186,7 +186,7 @@ def test_defaults_are_the_fitted_ones():
     """GraphParams' weights and thresholds are the ones the log-odds file was fitted with (the fitting
     script writes both; a hand edit of either breaks this), and its graph settings are the defaults."""
     header = json.loads(pp.LOG_ODDS_PATH.read_text())["header"]
-    p = pp.GraphParams()
+    p = pp.GraphParams.from_config()
     for key, value in {**header["weights"], **header["thresholds"]}.items():
         if hasattr(p, key):
             assert getattr(p, key) == value, key

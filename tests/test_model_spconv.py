@@ -112,7 +112,7 @@ def test_unet_forward_and_backward_equal_at_one_and_two_threads():
     for threads in (1, 2):
         torch.set_num_threads(threads)
         torch.manual_seed(0)
-        model = build_model(UNetConfig(channels=(8, 16, 32), voxel_size=0.3))
+        model = build_model(UNetConfig.from_config(dict(channels=[8, 16, 32], voxel_size=0.3), num_classes=16))
         logits, _ = model(pts, batch, 1)
         logits.square().mean().backward()
         results.append((logits.detach(), model.stem[0][0].weight.grad.clone()))

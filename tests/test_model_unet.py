@@ -15,11 +15,11 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
-CFG = UNetConfig(channels=(8, 16, 32), voxel_size=0.3)
+CFG = UNetConfig.from_config(dict(channels=[8, 16, 32], voxel_size=0.3), num_classes=16)
 
 
 def test_voxelize_groups_points_of_a_voxel_and_clamps_outside_points():
-    cfg = UNetConfig(voxel_size=0.5, point_range=(0, 0, 0, 4, 4, 4), channels=(4, 8))
+    cfg = UNetConfig.from_config(dict(voxel_size=0.5, point_range=[0, 0, 0, 4, 4, 4], channels=[4, 8]), num_classes=16)
     pts = torch.tensor([[0.1, 0.1, 0.1], [0.4, 0.2, 0.3], [0.6, 0.1, 0.1], [100.0, -3.0, 2.2], [3.9, 0.0, 2.4]])
     vox = voxelize(pts, torch.tensor([0, 0, 0, 0, 1]), 2, cfg)
     p2v = vox.point_to_voxel
@@ -61,17 +61,21 @@ def test_sweeps_in_a_batch_do_not_see_each_other():
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="train.model.voxel_size"):
-        UNetConfig.from_dict({"voxel_size": 0})
-    with pytest.raises(ValueError, match="unknown keys"):
-        UNetConfig.from_dict({"widths": [1]})
-    with pytest.raises(ValueError, match="point_range"):
-        UNetConfig.from_dict({"point_range": [0, 0, 0, -1, 1, 1]})
+    with pytest.raises(ValueError, match=r"config key train\.model\.voxel_size: 0 is less than or equal to the minimum"):
+        UNetConfig.from_config({"voxel_size": 0}, num_classes=16)
+    with pytest.raises(ValueError, match=r"config key train\.model\.widths: unknown key"):
+        UNetConfig.from_config({"widths": [1]}, num_classes=16)
+    with pytest.raises(ValueError, match=r"config key train\.model\.point_range"):
+        UNetConfig.from_config({"point_range": [0, 0, 0, -1, 1, 1]}, num_classes=16)
+    with pytest.raises(ValueError, match=r"config key train\.model: the network's dict needs num_classes"):
+        UNetConfig.from_dict({"voxel_size": 0.2})
+    arch = UNetConfig.from_config({}, num_classes=19).to_dict()  # a checkpoint's arch round-trips
+    assert UNetConfig.from_dict(arch) == UNetConfig.from_config({}, num_classes=19)
 
 
 def test_xyz_only_input():
     torch.manual_seed(0)
-    model = build_model(UNetConfig(channels=(8, 16), voxel_size=0.5, in_features=3)).eval()
+    model = build_model(UNetConfig.from_config(dict(channels=[8, 16], voxel_size=0.5, in_features=3), num_classes=16)).eval()
     pts = torch.from_numpy(make_sweep(4, beams=8, azimuths=100).points)
     with torch.no_grad():
         logits, _ = model(pts, torch.zeros(len(pts), dtype=torch.long), 1)

@@ -46,8 +46,8 @@ HAND_LOG_ODDS = {
               "color": _table([0, 0.5, 5, 10, 20, 40], [-3.4, -2.4, -1.0, 0.0, 0.8, 1.1]),
               "superpixel": {"unseen": 0.0, "differ": 0.3, "same": -1.35}},
 }
-HAND = GraphParams(w_distance=1.0, w_height=1.0, w_intensity=1.0, w_color=1.0, w_superpixel=0.5, w_mask=2.0, w_segment=1.0,
-                   label_cost=-1.0, margin=1.0, margin_flat=2.0, candidate_cost=1.0)
+HAND = GraphParams.from_config(dict(w_distance=1.0, w_height=1.0, w_intensity=1.0, w_color=1.0, w_superpixel=0.5, w_mask=2.0, w_segment=1.0,
+                   label_cost=-1.0, margin=1.0, margin_flat=2.0, candidate_cost=1.0))
 
 
 def plane(x0, x1, y0, y1, step=0.25, holes=()):
@@ -225,7 +225,7 @@ def test_ours_without_clicks_only_priors():
     ev = Evidence(xyz=np.zeros((3, 3), np.float32) + [[5, 0, 0]], ground=np.array([True, False, False]),
                   segment_id=np.array([-1, 0, 0], np.int32), ground_cell=np.array([0, -1, -1], np.int32),
                   fov=np.ones(3, bool))
-    out = ours_propagate(ev, np.zeros(0, np.int64), np.zeros(0, np.uint8), S, GraphParams())
+    out = ours_propagate(ev, np.zeros(0, np.int64), np.zeros(0, np.uint8), S, GraphParams.from_config())
     assert (out.label == 0).all()
     assert candidates_to_sets(out.candidate_mask, 16)[0, ROAD - 1] and not candidates_to_sets(out.candidate_mask, 16)[1, ROAD - 1]
 
@@ -396,13 +396,13 @@ def test_simulated_2d_corruption():
     inst = np.zeros((40, 60), np.int64)
     label[10:30, 10:30], inst[10:30, 10:30] = CAR, 17001
     label[5:15, 40:50], inst[5:15, 40:50] = PED, 2001
-    none = Corruption(erosion_px=0, confusion=0, miss=0, hallucination=0)
+    none = Corruption.from_config(dict(erosion_px=0, confusion=0, miss=0, hallucination=0))
     assert np.array_equal(simulate_map(label, inst, S, none, np.random.default_rng(0)), label)
-    eroded = simulate_map(label, inst, S, Corruption(erosion_px=2, confusion=0, miss=0, hallucination=0), np.random.default_rng(0))
+    eroded = simulate_map(label, inst, S, Corruption.from_config(dict(erosion_px=2, confusion=0, miss=0, hallucination=0)), np.random.default_rng(0))
     assert (eroded[10:12, 10:30] == 0).all() and (eroded[12:28, 12:28] == CAR).all()
-    missed = simulate_map(label, inst, S, Corruption(erosion_px=0, confusion=0, miss=1.0, hallucination=0), np.random.default_rng(0))
+    missed = simulate_map(label, inst, S, Corruption.from_config(dict(erosion_px=0, confusion=0, miss=1.0, hallucination=0)), np.random.default_rng(0))
     assert not S.thing_mask[missed].any()
-    c = Corruption(confusion=0.5, miss=0.2, hallucination=2)
+    c = Corruption.from_config(dict(confusion=0.5, miss=0.2, hallucination=2))
     assert np.array_equal(simulate_map(label, inst, S, c, np.random.default_rng(5)),
                           simulate_map(label, inst, S, c, np.random.default_rng(5)))
 
@@ -441,10 +441,10 @@ def test_estep_candidates_clicks_win_and_round():
     feats = np.eye(n, 8)
     feats[3] = feats[5] = feats[4]  # points 3 and 5 look like the road point
     feats[6] = feats[1]  # the truck click's features are point 1's
-    iupc = estep(r0, logits, feats, S, EStepParams(method="iupc", confidence=0.5), round=1)
+    iupc = estep(r0, logits, feats, S, EStepParams.from_config(dict(method="iupc", confidence=0.5)), round=1)
     assert iupc.label.tolist()[:4] == [CAR, TRUCK, 0, 0]
     assert iupc.source[1] == NETWORK and iupc.round[1] == 1 and iupc.round[0] == 0
-    ours = estep(r0, logits, feats, S, EStepParams(method="ours", confidence=0.5, contradict=0.9), round=2)
+    ours = estep(r0, logits, feats, S, EStepParams.from_config(dict(method="ours", confidence=0.5, contradict=0.9)), round=2)
     assert ours.label.tolist()[:4] == [CAR, TRUCK, 0, ROAD] and ours.round[3] == 2
     assert ours.label[5] == 0 and ours.source[5] == CANDIDATES
     assert candidates_to_sets(ours.candidate_mask[5:6], k)[0, [CAR - 1, ROAD - 1]].all()
@@ -537,15 +537,15 @@ def test_hand_model_is_in_the_log_odds_file_format(tmp_path):
 
 
 def test_shipped_model_labels_clicked_cars_and_nothing_wrong(cars, pedestrian_wall):
-    """The fitted defaults (log_odds.json and GraphParams()): both clicked touching cars and the road are
+    """The fitted defaults (log_odds.json and the schema's pseudolabels.ours): both clicked touching cars and the road are
     labelled with their classes; where wall and pedestrian share a pre-segment and the (fitted,
     weight-free) masks add nothing, no point gets a wrong class."""
     s = cars
     clicks = np.array([first(s.car_a, s.label, CAR), first(s.car_b, s.label, CAR), s.road.start])
-    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams.from_config())
     assert (out.label[s.car_a.start:] == CAR).mean() > 0.97 and (out.label[s.road] == ROAD).mean() > 0.97
     s = pedestrian_wall
     clicks = np.array([s.wall.start, s.ped.start + 5, s.road.start])
-    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams())
+    out = ours_propagate(s.evidence(), clicks, s.label[clicks], S, GraphParams.from_config())
     assert not ((out.label > 0) & (out.label != s.label)).any()
     assert (out.label[s.road] == ROAD).mean() > 0.97

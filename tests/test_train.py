@@ -62,7 +62,7 @@ def test_tiny_training_decreases_loss_and_overfits_a_scene(toy):
     m = toy["manifest"]
     refs = groundtruth_refs(m, ["scene-0061"])[:1]
     ds = SweepDataset(m, refs, 16, augment=None)
-    cfg = TrainConfig.from_dict({**TRAIN, "epochs": 40, "batch_size": 1, "lr": 0.03, "schedule": "constant",
+    cfg = TrainConfig.from_config({**TRAIN, "epochs": 40, "batch_size": 1, "lr": 0.03, "schedule": "constant",
                                  "loss": {"lovasz_weight": 0.0}},
                                 num_classes=16)
     result = train(cfg, ds, toy["root"] / "overfit", threads=1)
@@ -241,14 +241,14 @@ def test_non_finite_loss_stops_naming_step_and_batch(toy, tmp_path):
     ds = SweepDataset(m, groundtruth_refs(m, ["scene-0061"]), 16, augment=None)
     bad = ds.sweep(1)
     bad.points[:, 3] = np.nan
-    cfg = TrainConfig.from_dict({**TRAIN, "batch_size": 1}, num_classes=16)
+    cfg = TrainConfig.from_config({**TRAIN, "batch_size": 1}, num_classes=16)
     with pytest.raises(NonFiniteLossError, match=r"epoch 1, step \d+ \(batch \d+ of the epoch, sweeps scene-0061-1\)"):
         train(cfg, ds, tmp_path, threads=1)
 
 
 def test_augmentation_is_seeded_per_epoch_and_sweep(toy):
     m = toy["manifest"]
-    ds = SweepDataset(m, groundtruth_refs(m, ["scene-0061"]), 16, augment=AugmentConfig(), seed=3)
+    ds = SweepDataset(m, groundtruth_refs(m, ["scene-0061"]), 16, augment=AugmentConfig.from_config(), seed=3)
     a = ds[0]["points"].numpy()
     assert np.array_equal(a, ds[0]["points"].numpy())
     ds.set_epoch(1)
@@ -264,7 +264,7 @@ def test_resident_batches_equal_the_data_loader_batches(toy):
     from lidarlift.model.data import ResidentSweeps, collate_sweeps
 
     m = toy["manifest"]
-    ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig(), seed=5, max_points=2000)
+    ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig.from_config(), seed=5, max_points=2000)
     resident = ResidentSweeps(ds, "cpu")
     for epoch in (0, 3):
         ds.set_epoch(epoch)
@@ -284,8 +284,8 @@ def test_cached_and_streamed_training_end_with_the_same_weights(toy, tmp_path):
     m = toy["manifest"]
     results = {}
     for cache, workers in ((True, 0), (False, 1)):
-        ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig(), seed=1, max_points=3000)
-        cfg = TrainConfig.from_dict({**TRAIN, "cache": cache, "workers": workers, "max_points": 3000}, num_classes=16)
+        ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig.from_config(), seed=1, max_points=3000)
+        cfg = TrainConfig.from_config({**TRAIN, "cache": cache, "workers": workers, "max_points": 3000}, num_classes=16)
         results[cache] = train(cfg, ds, tmp_path / str(cache), threads=1)
     a, b = results[True].model.state_dict(), results[False].model.state_dict()
     for k in a:
@@ -304,7 +304,7 @@ def test_batch_loss_and_optimizer_step_never_wait_for_the_gpu(toy):
     from lidarlift.model.losses import SegmentationLoss
 
     m = toy["manifest"]
-    ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig(), seed=0, max_points=2000)
+    ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig.from_config(), seed=0, max_points=2000)
     resident = ResidentSweeps(ds, "cuda")
     head = torch.nn.Linear(4, 16).cuda()
     crit = SegmentationLoss(16, class_weights=torch.ones(16)).cuda()
@@ -338,7 +338,7 @@ def test_checkpoint_interval(toy, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "_atomic_save", lambda payload, path: (saved.append(payload["epoch"]), real(payload, path)))
     for interval, want in ((0.0, [1, 2, 3]), (1e9, [3])):
         saved.clear()
-        cfg = TrainConfig.from_dict({**TRAIN, "epochs": 3, "checkpoint_every_s": interval}, num_classes=16)
+        cfg = TrainConfig.from_config({**TRAIN, "epochs": 3, "checkpoint_every_s": interval}, num_classes=16)
         train(cfg, SweepDataset(m, groundtruth_refs(m, ["scene-0061"]), 16), tmp_path / str(interval), threads=1, resume=False)
         assert saved == want
 
@@ -393,7 +393,7 @@ def test_gpu_config_validates_and_plans(tmp_path):
     cfg = load_config(repo / "config" / "config.yaml", layer)
     assert cfg["synth"]["scenes"] * cfg["synth"]["samples_per_scene"] >= 200
     assert cfg["pseudolabels"]["clicks"]["share"] == 0.001
-    tc = TrainConfig.from_dict(cfg["train"], num_classes=16)
+    tc = TrainConfig.from_config(cfg["train"], num_classes=16)
     assert tc.unet.channels == (32, 64, 128, 256) and tc.unet.blocks == 2 and tc.unet.voxel_size == 0.05
     layout = train_layout(cfg, list_shards(cfg))
     assert (len(layout.train_shards), len(layout.val_shards), layout.gpus) == (8, 2, 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from lidarlift import artifacts as A
 from lidarlift.classes import LabelSpace, label_space
+from lidarlift.config import section
 from lidarlift.evaluate import devkit as D
 from lidarlift.evaluate.association import association_figures
 from lidarlift.evaluate.counts import total
@@ -107,9 +108,9 @@ def merge(manifest_path: str | Path, shard_files: list[dict[str, Any]], eval_sha
     """
     t0 = time.perf_counter()
     settings = settings or {}
-    ev = settings.get("evaluate") or {}
-    min_points = int(ev.get("min_inst_points", 15))
-    pq_min = int((settings.get("pseudolabels") or {}).get("pq_min_points", 15))
+    ev = section("evaluate", settings.get("evaluate"))
+    min_points = int(ev["min_inst_points"])
+    pq_min = int(section("pseudolabels", settings.get("pseudolabels"))["pq_min_points"])
     manifest = Manifest.from_json(manifest_path)
     space = label_space(manifest.label_space)
     shards = list(shard_files)
@@ -235,7 +236,7 @@ def _devkit(manifest: Manifest, space: LabelSpace, ev: dict[str, Any], evaluatio
     """The devkit cross-check of the final round (its status when it cannot run)."""
     from lidarlift.evaluate.run import devkit_compare
 
-    if not ev.get("devkit_check", True):
+    if not ev["devkit_check"]:
         return {"devkit_status": "skipped: config key evaluate.devkit_check is false"}
     if manifest.kind != "nuscenes":
         return {"devkit_status": f"skipped: the devkit evaluates nuScenes-format data, this run is {manifest.kind}"}
@@ -268,7 +269,7 @@ def _devkit(manifest: Manifest, space: LabelSpace, ev: dict[str, Any], evaluatio
                 inst = cluster_instances(xyz, sem, space, params)
             writer.add(sample.lidar.token, sem.astype(np.uint8), inst)
     writer.close()
-    return devkit_compare(manifest, writer, evaluation["network"], min_points, float(ev.get("tolerance", 1e-6)),
+    return devkit_compare(manifest, writer, evaluation["network"], min_points, float(ev["tolerance"]),
                           panoptic=panoptic)
 
 

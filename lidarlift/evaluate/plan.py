@@ -39,21 +39,20 @@ class EvaluationPlan:
     stages: frozenset[str] = frozenset(PRODUCTION_STAGES)
 
     def __post_init__(self) -> None:
-        self.section = dict(self.config.get("evaluate") or {})
+        from lidarlift.config import section
+
+        self.section = section("evaluate", self.config.get("evaluate"))
         if not self.rounds:
             raise ValueError("config key em.rounds: the evaluation needs at least one EM round")
         self.eval_shards = eval_shards(self.config, self.shards)
-        self.pseudo_shards = shards_of_splits(self.config, self.shards, self.section.get("pseudolabel_splits", ["train"]))
+        self.pseudo_shards = shards_of_splits(self.config, self.shards, self.section["pseudolabel_splits"])
         self.final_round = self.rounds[-1]
-        self.export_sources = list(self.section.get("export", {}).get("sources", ["network", "pseudolabels"]))
-        unknown = [s for s in self.export_sources if s not in EXPORT_SOURCES]
-        if unknown:
-            raise ValueError(f"config key evaluate.export.sources: unknown sources {unknown}; choose from {list(EXPORT_SOURCES)}")
+        self.export_sources = list(self.section["export"]["sources"])
         self.figure_samples = self._figure_samples()
         self.report_dir = f"{self.results}/report"
 
     def _figure_samples(self) -> list[tuple[str, int]]:
-        fig = self.section.get("figures", {})
+        fig = self.section["figures"]
         shards = list(fig.get("shards") or [])
         if not shards:
             firsts = [shards_of_splits(self.config, self.shards, [sp])[:1] for sp in ("train", "val")]
@@ -61,11 +60,11 @@ class EvaluationPlan:
         unknown = sorted(set(shards) - set(self.shards))
         if unknown:
             raise ValueError(f"config key evaluate.figures.shards names shards not in this run: {unknown}")
-        return [(s, int(fig.get("index", 2))) for s in shards]
+        return [(s, int(fig["index"])) for s in shards]
 
     @property
     def full_supervision(self) -> bool:
-        return bool(self.section.get("full_supervision", True))
+        return bool(self.section["full_supervision"])
 
     # --- evaluate ---------------------------------------------------------------------------
 

@@ -67,7 +67,7 @@ class PromptedBackend:
 def make_weightfree(cfg: dict[str, Any], device: Any = None) -> Any:
     from lidarlift.masks.weightfree import WeightFreeGenerator, WeightFreeParams
 
-    return WeightFreeGenerator(WeightFreeParams(**cfg["weightfree"]))
+    return WeightFreeGenerator(WeightFreeParams.from_config(cfg["weightfree"]))
 
 
 def _generator_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:

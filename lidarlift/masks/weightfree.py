@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -39,17 +40,25 @@ from lidarlift.masks.prompts import segment_centre
 
 @dataclass
 class WeightFreeParams:
-    """Parameters (config section ``masks.weightfree``); pixel sizes are at the stored resolution."""
+    """Parameters (config section ``masks.weightfree``; defaults: config/schema.yaml); pixel sizes are at
+    the stored resolution."""
 
-    sigma: float = 0.5  # Gaussian smoothing before graph segmentation
-    k: float = 300.0  # graph segmentation threshold: larger gives larger regions
-    min_size: int = 20  # smallest graph region (pixels)
-    min_segment_points: int = 3  # LiDAR segments with fewer visible points in the image are ignored
-    hull_margin: float = 0.75  # extent growth, in scan-line spacings
-    min_margin_px: float = 1.5
-    min_area: int = 16  # smallest mask kept (pixels)
-    region_masks: bool = False  # also emit large seedless regions as masks (prompt_source 3)
-    region_min_area: int = 400
+    sigma: float  # Gaussian smoothing before graph segmentation
+    k: float  # graph segmentation threshold: larger gives larger regions
+    min_size: int  # smallest graph region (pixels)
+    min_segment_points: int  # LiDAR segments with fewer visible points in the image are ignored
+    hull_margin: float  # extent growth, in scan-line spacings
+    min_margin_px: float
+    min_area: int  # smallest mask kept (pixels)
+    region_masks: bool  # also emit large seedless regions as masks (prompt_source 3)
+    region_min_area: int
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "WeightFreeParams":
+        """From the section (missing keys take the schema's defaults); bad values raise ConfigError naming the key."""
+        from lidarlift.config import typed
+
+        return typed(cls, "masks.weightfree", cfg)
 
 
 def graph_regions(image: np.ndarray, p: WeightFreeParams) -> np.ndarray:
@@ -88,7 +97,7 @@ def _extent(px: np.ndarray, shape: tuple[int, int], p: WeightFreeParams) -> tupl
 
 def weightfree_masks(view: CameraView, out_hw: tuple[int, int], params: WeightFreeParams | None = None) -> ImageMasks:
     """Masks of one camera view at the stored size ``out_hw`` (see the module docstring)."""
-    p = params or WeightFreeParams()
+    p = params or WeightFreeParams.from_config()
     t0 = time.perf_counter()
     h, w = out_hw
     H, W = view.size
@@ -239,7 +248,7 @@ class WeightFreeGenerator:
     overlap = "nearest_point"
 
     def __init__(self, params: WeightFreeParams | None = None):
-        self.params = params or WeightFreeParams()
+        self.params = params or WeightFreeParams.from_config()
         self.timings: dict[str, float] = {"total_s": 0.0, "graph_s": 0.0, "images": 0}
         self.prompts_made = 0  # no prompts: every LiDAR segment seeds regions
 

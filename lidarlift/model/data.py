@@ -205,22 +205,24 @@ def load_sweep(ref: SweepRef, sample: SampleRecord | None, manifest: Manifest, n
 @dataclass(frozen=True)
 class AugmentConfig:
     """Random rotation about z (``rotate``), flips of x and y (``flip``), isotropic scaling in
-    ``scale`` (lo, hi), Gaussian jitter of std ``jitter`` metres clipped at ``jitter_clip``."""
+    ``scale`` (lo, hi), Gaussian jitter of std ``jitter`` metres clipped at ``jitter_clip``
+    (config ``train.augment``; defaults: config/schema.yaml)."""
 
-    rotate: bool = True
-    flip: bool = True
-    scale: tuple[float, float] = (0.95, 1.05)
-    jitter: float = 0.01
-    jitter_clip: float = 0.05
+    rotate: bool
+    flip: bool
+    scale: tuple[float, float]
+    jitter: float
+    jitter_clip: float
 
     @staticmethod
-    def from_dict(d: dict[str, Any] | None) -> "AugmentConfig | None":
-        if d is None or d.get("enabled", True) is False:
+    def from_config(d: dict[str, Any] | None = None) -> "AugmentConfig | None":
+        """From the ``train.augment`` section (missing keys take the schema's defaults); None when
+        ``enabled`` is false. Bad values raise ConfigError naming the config key."""
+        from lidarlift.config import section, typed
+
+        if not section("train.augment", d)["enabled"]:
             return None
-        d = {k: v for k, v in d.items() if k != "enabled"}
-        if "scale" in d:
-            d["scale"] = tuple(d["scale"])
-        return AugmentConfig(**d)
+        return typed(AugmentConfig, "train.augment", d)
 
 
 def augment_matrix(cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:

@@ -24,12 +24,14 @@ class TrainLayout:
 
 
 def train_layout(config: dict[str, Any], shards: Sequence[str]) -> TrainLayout:
-    train = config.get("train", {})
-    gpus = int(train.get("gpus", 0))
+    from lidarlift.config import section
+
+    train = section("train", config.get("train"))
+    gpus = int(train["gpus"])
     return TrainLayout(
         train_shards=[s for s in shards if shard_split(config, s) == "train"],
         val_shards=[s for s in shards if shard_split(config, s) == "val"],
         gpus=gpus,
         predict_gpus=min(1, gpus),
-        threads=1 if gpus == 0 else 2 + int(train.get("workers", 0)),
+        threads=1 if gpus == 0 else 2 + int(train["workers"]),
     )

@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -58,65 +58,50 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class TrainConfig:
-    """The ``train`` config section (see config/schema.yaml for every key's meaning)."""
+    """The ``train`` config section (defaults and meaning of every key: config/schema.yaml). ``model``,
+    ``loss`` and ``augment`` are the validated sub-sections as mappings (the checkpoint fingerprint and
+    the model file carry them); ``model`` also holds ``num_classes`` (the label space's)."""
 
-    model: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 16
-    batch_size: int = 1
-    optimizer: str = "adamw"
-    lr: float = 0.007
-    momentum: float = 0.9
-    weight_decay: float = 0.0001
-    schedule: str = "cosine"
-    warmup_steps: int = 20
-    loss: dict[str, Any] = field(default_factory=dict)
-    augment: dict[str, Any] = field(default_factory=dict)
-    amp: bool = True
-    seed: int = 0
-    workers: int = 0
-    cache: bool = True
-    max_points: int = 10000
-    device: str = "auto"
-    gpus: int = 0
-    log_every: int = 10
-    checkpoint_every_s: float = 0.0
-    predict_batch_size: int = 4
-    unlabelled_shard_policy: str = "error"
-    temporal_sweeps: int = 0
+    model: dict[str, Any]
+    epochs: int
+    batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    warmup_steps: int
+    loss: dict[str, Any]
+    augment: dict[str, Any]
+    amp: bool
+    seed: int
+    workers: int
+    cache: bool
+    max_points: int
+    device: str
+    gpus: int
+    log_every: int
+    checkpoint_every_s: float
+    predict_batch_size: int
+    unlabelled_shard_policy: str
+    temporal_sweeps: int
 
     #: keys that do not change the trained weights (left out of the resume fingerprint)
     RUNTIME_KEYS = ("workers", "log_every", "gpus", "device", "predict_batch_size", "cache", "checkpoint_every_s")
 
     @staticmethod
-    def from_dict(d: dict[str, Any] | None, num_classes: int | None = None) -> "TrainConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(TrainConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config key train: unknown keys {unknown}; known: {sorted(known)}")
-        cfg = TrainConfig(**d)
-        if num_classes is not None:
-            cfg.model = {**cfg.model, "num_classes": num_classes}
+    def from_config(d: dict[str, Any] | None, num_classes: int) -> "TrainConfig":
+        """From the ``train`` section (runtime keys included; missing keys take the schema's defaults)
+        and the label space's class count; bad values raise ConfigError naming the config key."""
+        from lidarlift.config import typed
+
+        cfg = typed(TrainConfig, "train", d)
+        cfg.model = {**cfg.model, "num_classes": num_classes}
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"config key train.epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"config key train.batch_size must be >= 1, got {self.batch_size}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"config key train.optimizer: {self.optimizer!r} is not one of sgd, adamw")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"config key train.schedule: {self.schedule!r} is not one of cosine, constant")
-        if self.checkpoint_every_s < 0:
-            raise ValueError(f"config key train.checkpoint_every_s must be >= 0, got {self.checkpoint_every_s}")
-        if self.unlabelled_shard_policy not in ("error", "skip"):
-            raise ValueError(f"config key train.unlabelled_shard_policy: {self.unlabelled_shard_policy!r} is not one of error, skip")
-        if self.temporal_sweeps < 0:
-            raise ValueError(f"config key train.temporal_sweeps must be >= 0, got {self.temporal_sweeps}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"config key train.device: {self.device!r} is not one of auto, cpu, cuda")
+        """The network's checks beyond the schema (:meth:`UNetConfig.validate`)."""
         UNetConfig.from_dict(self.model)
 
     @property
@@ -303,7 +288,7 @@ def epoch_order(n: int, seed: int, epoch: int, d: Dist) -> list[int]:
 
 def _loss_for(cfg: TrainConfig, stats_counts: np.ndarray | None, num_classes: int) -> SegmentationLoss:
     lc = dict(cfg.loss)
-    weights = lc.pop("class_weights", "inverse_sqrt_frequency")
+    weights = lc.pop("class_weights")
     if weights in (None, "none"):
         w = None
     elif weights in ("inverse_sqrt_frequency", "inverse_frequency"):
@@ -314,10 +299,6 @@ def _loss_for(cfg: TrainConfig, stats_counts: np.ndarray | None, num_classes: in
     else:
         raise ValueError(f"config key train.loss.class_weights: {weights!r} is not none, inverse_sqrt_frequency, "
                          f"inverse_frequency or a list of {num_classes} numbers")
-    known = {"ce_weight", "lovasz_weight", "negative_weight", "confidence_weighting"}
-    unknown = sorted(set(lc) - known)
-    if unknown:
-        raise ValueError(f"config key train.loss: unknown keys {unknown}; known: {sorted(known | {'class_weights'})}")
     return SegmentationLoss(num_classes, class_weights=w, **lc)
 
 
@@ -576,7 +557,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     from lidarlift.workflow import write_json
 
     space = label_space(spec["label_space"])
-    cfg = TrainConfig.from_dict(spec["train"], num_classes=space.num_classes)
+    cfg = TrainConfig.from_config(spec["train"], num_classes=space.num_classes)
     manifest = Manifest.from_json(spec["manifest"])
     if spec["label_source"] == "pseudolabels":
         refs = pseudolabel_refs(manifest, spec["stores"])
@@ -592,7 +573,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
         refs += temporal_refs(manifest, spec["temporal"], cfg.temporal_sweeps)
     elif spec.get("steps_of_temporal"):
         cfg.epochs = epochs_for_steps_of_temporal(cfg, manifest, refs)
-    augment = AugmentConfig.from_dict(cfg.augment)
+    augment = AugmentConfig.from_config(cfg.augment)
     dataset = SweepDataset(manifest, refs, space.num_classes, augment=augment, seed=cfg.seed,
                            cache=cfg.cache, max_points=cfg.max_points)
     stats = check_supervision(dataset, cfg.unlabelled_shard_policy)

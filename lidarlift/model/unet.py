@@ -12,7 +12,7 @@ so a checkpoint of another architecture or class count is refused with a clear m
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -34,40 +34,43 @@ class UNetConfig:
     voxels (they still get a prediction). ``intensity_scale``: intensity is divided by it.
     """
 
-    num_classes: int = 16
-    in_features: int = 4
-    channels: tuple[int, ...] = (16, 32, 48, 64)
-    blocks: int = 1
-    voxel_size: float = 0.2
-    point_range: tuple[float, ...] = (-51.2, -51.2, -5.0, 51.2, 51.2, 3.0)
-    intensity_scale: float = 255.0
-    point_branch: bool = True
+    num_classes: int  # the label space's classes (labels.space), not a train.model key
+    in_features: int
+    channels: tuple[int, ...]
+    blocks: int
+    voxel_size: float
+    point_range: tuple[float, ...]
+    intensity_scale: float
+    point_branch: bool
 
     @staticmethod
-    def from_dict(d: dict[str, Any]) -> "UNetConfig":
-        known = {f.name for f in fields(UNetConfig)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"config key train.model: unknown keys {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        for key in ("channels", "point_range"):
-            if key in d:
-                d[key] = tuple(d[key])
-        cfg = UNetConfig(**d)
+    def from_config(cfg: dict[str, Any] | None, num_classes: int) -> "UNetConfig":
+        """From the ``train.model`` section (missing keys take the schema's defaults) and the label
+        space's class count; bad values raise ConfigError naming the config key."""
+        from lidarlift.config import typed
+
+        cfg = typed(UNetConfig, "train.model", cfg, extra={"num_classes": num_classes})
         cfg.validate()
         return cfg
 
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "UNetConfig":
+        """From :meth:`to_dict`'s form (a checkpoint's ``arch``): the ``train.model`` keys plus ``num_classes``."""
+        from lidarlift.config import ConfigError
+
+        d = dict(d)
+        if "num_classes" not in d:
+            raise ConfigError(["config key train.model: the network's dict needs num_classes (the label space's classes) "
+                               "beside the train.model keys"])
+        n = d.pop("num_classes")
+        return UNetConfig.from_config(d, n)
+
     def validate(self) -> None:
-        if self.num_classes < 2:
-            raise ValueError(f"config key train.model.num_classes must be >= 2, got {self.num_classes}")
-        if not self.channels or any(c <= 0 for c in self.channels):
-            raise ValueError(f"config key train.model.channels must be positive widths, got {list(self.channels)}")
-        if self.voxel_size <= 0:
-            raise ValueError(f"config key train.model.voxel_size must be > 0, got {self.voxel_size}")
-        if len(self.point_range) != 6 or any(self.point_range[i] >= self.point_range[i + 3] for i in range(3)):
+        """What the schema cannot say (num_classes is no config key; point_range is ordered)."""
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 2:
+            raise ValueError(f"train.model num_classes (the label space's classes) must be an integer >= 2, got {self.num_classes!r}")
+        if any(self.point_range[i] >= self.point_range[i + 3] for i in range(3)):
             raise ValueError(f"config key train.model.point_range must be (x0, y0, z0, x1, y1, z1) with x0 < x1 etc., got {list(self.point_range)}")
-        if self.in_features < 3:
-            raise ValueError(f"config key train.model.in_features must be >= 3 (xyz), got {self.in_features}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -37,7 +37,7 @@ PointSAM) take the 2D class under them, last camera wins.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -59,33 +59,26 @@ POINTSAM_NO_COVER_CHECK = ("barrier",)
 
 @dataclass(frozen=True)
 class AnnotationFreeParams:
-    """Config ``pseudolabels.annotation_free`` (refinement part)."""
+    """Config ``pseudolabels.annotation_free.refine`` (defaults and meaning: config/schema.yaml)."""
 
-    dist_coef: float = 0.04
-    merge_ratio: float = 0.5
-    cover_threshold: float = 0.3
-    min_points: int = 1  # an instance keeps at least this many points (ours)
-    min_class_share: float = 0.15  # ours: a mask takes the majority class (not background) covering this share
-    mask_cut: str = "classes"  # ours: cut edges between masks for mask_cut_classes (classes) or all things (all)
-    mask_cut_classes: tuple[str, ...] = ("barrier", "pedestrian", "bicycle", "motorcycle", "traffic_cone", "car")
-    complete: bool = True  # ours: region-grow instances over unexplained points of their pre-segment
-    complete_iterations: int = 5
-    occlusion: bool = True  # ours: visible instead of in_image
-    ground_prior: bool = True  # ours: unlabelled ground points get the flat classes as candidates, others the rest
+    dist_coef: float
+    merge_ratio: float
+    cover_threshold: float
+    min_points: int  # an instance keeps at least this many points (ours)
+    min_class_share: float  # ours: a mask takes the majority class (not background) covering this share
+    mask_cut: str  # ours: cut edges between masks for mask_cut_classes (classes) or all things (all)
+    mask_cut_classes: tuple[str, ...]
+    complete: bool  # ours: region-grow instances over unexplained points of their pre-segment
+    complete_iterations: int
+    occlusion: bool  # ours: visible instead of in_image
+    ground_prior: bool  # ours: unlabelled ground points get the flat classes as candidates, others the rest
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "AnnotationFreeParams":
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"config section pseudolabels.annotation_free.refine: unknown keys {unknown}; known: {sorted(names)}")
-        if "mask_cut_classes" in cfg:
-            cfg["mask_cut_classes"] = tuple(cfg["mask_cut_classes"])
-        p = cls(**cfg)
-        if p.mask_cut not in ("classes", "all"):
-            raise ValueError(f"config key pseudolabels.annotation_free.refine.mask_cut: {p.mask_cut!r} is not 'classes' or 'all'")
-        return p
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "AnnotationFreeParams":
+        """From the section (missing keys take the schema's defaults); bad values raise ConfigError naming the key."""
+        from lidarlift.config import typed
+
+        return typed(cls, "pseudolabels.annotation_free.refine", cfg)
 
 
 @dataclass
@@ -363,8 +356,9 @@ def _compact(inst: np.ndarray) -> np.ndarray:
 
 
 def pointsam_baseline(xyz: np.ndarray, in_image: np.ndarray, uv: np.ndarray, cams: list[CameraMaps],
-                      space: LabelSpace, p: AnnotationFreeParams = AnnotationFreeParams()) -> Labels:
+                      space: LabelSpace, p: AnnotationFreeParams | None = None) -> Labels:
     """PointSAM-faithful labels of one keyframe (module doc). ``in_image`` (N, C) bool, ``uv`` (N, C, 2)."""
+    p = p if p is not None else AnnotationFreeParams.from_config()
     n = len(xyz)
     sem = np.zeros(n, np.int64)
     inst = np.full(n, -1, np.int64)
@@ -398,7 +392,7 @@ def pointsam_baseline(xyz: np.ndarray, in_image: np.ndarray, uv: np.ndarray, cam
 
 def ours_annotation_free(xyz: np.ndarray, flag: np.ndarray, uv: np.ndarray, ground: np.ndarray,
                          segment_id: np.ndarray, cams: list[CameraMaps], space: LabelSpace,
-                         p: AnnotationFreeParams = AnnotationFreeParams(), in_image: np.ndarray | None = None) -> Labels:
+                         p: AnnotationFreeParams | None = None, in_image: np.ndarray | None = None) -> Labels:
     """Our annotation-free labels of one keyframe (module doc).
 
     Args:
@@ -408,6 +402,7 @@ def ours_annotation_free(xyz: np.ndarray, flag: np.ndarray, uv: np.ndarray, grou
         in_image: (N, C) bool raw projection; points inside some image but visible in none are hidden
             behind something (often the very object they are next to) and are never completed.
     """
+    p = p if p is not None else AnnotationFreeParams.from_config()
     n, k = len(xyz), space.num_classes
     thing = space.thing_mask
     rng = np.linalg.norm(xyz, axis=1)

@@ -29,7 +29,7 @@ Then ``confidence`` (config) is the least classifier probability a label needs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,38 +38,26 @@ from lidarlift.classes import LabelSpace, candidate_bit, candidates_to_sets
 
 from .propagate import CANDIDATES, CLICK, NETWORK, NONE, Labels
 
-ESTEP_METHODS = ("iupc", "ours")
-
-
 @dataclass(frozen=True)
 class EStepParams:
-    """Config ``pseudolabels.estep``."""
+    """Config ``pseudolabels.estep`` (defaults and meaning: config/schema.yaml)."""
 
-    method: str = "ours"
-    prototype_margin: float = 0.4
-    classifier_margin: float = 0.1
-    floor: float = 0.5
-    confidence: float = 0.9
-    contradict: float = 0.98
-    agree: str = "all"  # ours: "all" = prototypes must name the class; "no_conflict" = must not name another
-    max_candidates: int = 4  # ours: only points with at most this many possible classes get a network label
-    calibration: float | None = 0.99  # ours: per-class thresholds where round-0 agreement reaches this (None: off)
+    method: str
+    prototype_margin: float
+    classifier_margin: float
+    floor: float
+    confidence: float
+    contradict: float
+    agree: str  # ours: "all" = prototypes must name the class; "no_conflict" = must not name another
+    max_candidates: int  # ours: only points with at most this many possible classes get a network label
+    calibration: float | None  # ours: per-class thresholds where round-0 agreement reaches this (None: off)
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "EStepParams":
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"config section pseudolabels.estep: unknown keys {unknown}; known: {sorted(names)}")
-        p = cls(**cfg)
-        if p.agree not in ("all", "no_conflict"):
-            raise ValueError(f"config key pseudolabels.estep.agree: {p.agree!r} is not 'all' or 'no_conflict'")
-        if p.method not in ESTEP_METHODS:
-            raise ValueError(f"config key pseudolabels.estep.method: {p.method!r} is not one of {ESTEP_METHODS}")
-        if not 0 <= p.confidence <= 1:
-            raise ValueError(f"config key pseudolabels.estep.confidence: must be in 0..1, got {p.confidence}")
-        return p
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "EStepParams":
+        """From the section (missing keys take the schema's defaults); bad values raise ConfigError naming the key."""
+        from lidarlift.config import typed
+
+        return typed(cls, "pseudolabels.estep", cfg)
 
 
 def softmax(x: np.ndarray, allowed: np.ndarray | None = None) -> np.ndarray:

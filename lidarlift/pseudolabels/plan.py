@@ -30,16 +30,16 @@ class PseudoLabelPlan:
         from lidarlift.config import production_section
 
         self.section = production_section(self.config, "pseudolabels")
-        self.baseline = bool((self.config.get("pseudolabels") or {}).get("baseline", True))
+        self.baseline = bool(self.config["pseudolabels"]["baseline"])
 
     @property
     def protocol(self) -> str:
-        return (self.section.get("clicks") or {}).get("protocol", "budget")
+        return self.section["clicks"]["protocol"]
 
     @property
     def uniform_baseline(self) -> bool:
         """Active clicks are measured against the uniform budget protocol at the same share."""
-        return self.section.get("mode", "clicks") == "clicks" and self.protocol == "active" and self.baseline
+        return self.section["mode"] == "clicks" and self.protocol == "active" and self.baseline
 
     def clicks_path(self, shard: str) -> str:
         return f"{self.results}/pseudolabels/clicks/{shard}.tsv"
@@ -60,9 +60,9 @@ class PseudoLabelPlan:
 
     def clicks_params(self, wildcards: Any = None) -> dict[str, Any]:
         """The clicks section; the active protocol also runs our propagation (section ``ours``)."""
-        out = {"clicks": dict(self.section.get("clicks") or {})}
+        out = {"clicks": dict(self.section["clicks"])}
         if self.protocol == "active":
-            out["ours"] = dict(self.section.get("ours") or {})
+            out["ours"] = dict(self.section["ours"])
         return out
 
     def uniform_path(self, shard: str, suffix: str = "zarr") -> str:
@@ -91,9 +91,9 @@ class PseudoLabelPlan:
         if r > 0:
             inputs["round0"] = f"{res}/pseudolabels/r0/{shard}.zarr"
             inputs["predict"] = f"{res}/predict/r{r - 1}/{shard}.zarr"
-        elif self.section.get("mode", "clicks") == "clicks":
+        elif self.section["mode"] == "clicks":
             inputs["clicks"] = self.clicks_path(shard)
-            if self.section.get("propagation", "ours") == "ours":
+            if self.section["propagation"] == "ours":
                 inputs["superpixels"] = f"{res}/superpixels/{shard}.zarr"
                 inputs["masks"] = f"{res}/masks/{shard}.zarr"
         else:
@@ -106,7 +106,7 @@ class PseudoLabelPlan:
         shard, res = wildcards.shard, self.results
         inputs = {"manifest": f"{res}/manifest.json", "associate": f"{res}/associate/{shard}.zarr",
                   "presegment": f"{res}/presegment/{shard}.zarr"}
-        if self.section.get("mode", "clicks") == "clicks":
+        if self.section["mode"] == "clicks":
             inputs["clicks"] = self.clicks_path(shard)
         else:
             inputs["masks"] = f"{res}/masks/{shard}.zarr"

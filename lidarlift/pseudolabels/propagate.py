@@ -224,47 +224,38 @@ class GraphParams:
     tuning world by ``bench/fit_tuning.py`` together with :data:`LOG_ODDS`.
     """
 
-    knn: int = 10
-    scale_beams: float = 1.72  # one distance unit: this many beams at the point's range (1.72 x 1.33 deg = 0.04 rad on 32 beams)
-    min_range_m: float = 12.5  # ... with the range at least this (nearer, range noise and the rig's size dominate)
-    beam_spacing_deg: float | None = None  # None: measure the sweep's spacing (lidarlift.scan); a number: one beam = this
-    max_edge: float = 3.0  # edges longer than this many units are dropped (ground-ground: max_ground_edge_m)
-    max_ground_edge_m: float = 8.0  # longest edge between two ground points of neighbouring beams
-    slope_tolerance: float = 0.02  # ground slope (rise / run) not counted as a height step
-    # cue weights and thresholds: fitted on the tuning world by bench/fit_tuning.py (which writes them here)
-    w_distance: float = 0.629
-    w_height: float = 0.656
-    w_intensity: float = 0.698
-    w_color: float = 0.481
-    w_superpixel: float = 0.285
-    w_mask: float = 0.014
-    w_segment: float = 0.395
-    label_cost: float = -2.5  # a point is labelled when its best path's weakest link is below this ...
-    margin: float = 0.25  # ... and every other class needs at least this much more
-    margin_flat: float | None = 1.0  # the margin for flat (ground) classes (None: ``margin``)
-    candidate_cost: float = -2.0  # unlabelled: classes reachable below this form the candidate set
-    ground_prior: bool = True  # unlabelled ground points: candidates = flat classes; non-ground: the rest
-    family_barrier: bool = True  # flat classes never cross object-object edges, the others never ground-ground
-    open_candidates: bool = True  # candidate sets also keep the classes nobody clicked in the keyframe
+    knn: int
+    scale_beams: float  # one distance unit: this many beams at the point's range (1.72 x 1.33 deg = 0.04 rad on 32 beams)
+    min_range_m: float  # ... with the range at least this (nearer, range noise and the rig's size dominate)
+    beam_spacing_deg: float | None  # None: measure the sweep's spacing (lidarlift.scan); a number: one beam = this
+    max_edge: float  # edges longer than this many units are dropped (ground-ground: max_ground_edge_m)
+    max_ground_edge_m: float  # longest edge between two ground points of neighbouring beams
+    slope_tolerance: float  # ground slope (rise / run) not counted as a height step
+    # cue weights and thresholds: fitted on the tuning world by bench/fit_tuning.py (which writes them into the schema)
+    w_distance: float
+    w_height: float
+    w_intensity: float
+    w_color: float
+    w_superpixel: float
+    w_mask: float
+    w_segment: float
+    label_cost: float  # a point is labelled when its best path's weakest link is below this ...
+    margin: float  # ... and every other class needs at least this much more
+    margin_flat: float | None  # the margin for flat (ground) classes (None: ``margin``)
+    candidate_cost: float  # unlabelled: classes reachable below this form the candidate set
+    ground_prior: bool  # unlabelled ground points: candidates = flat classes; non-ground: the rest
+    family_barrier: bool  # flat classes never cross object-object edges, the others never ground-ground
+    open_candidates: bool  # candidate sets also keep the classes nobody clicked in the keyframe
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "GraphParams":
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"config section pseudolabels.ours: unknown keys {unknown}; known: {sorted(names)}")
-        p = cls(**cfg)
-        if p.knn < 1:
-            raise ValueError(f"config key pseudolabels.ours.knn: must be >= 1, got {p.knn}")
-        if p.scale_beams <= 0 or p.min_range_m < 0:
-            raise ValueError("config keys pseudolabels.ours.scale_beams / min_range_m: need scale_beams > 0 and min_range_m >= 0")
-        if p.beam_spacing_deg is not None and not 0 < p.beam_spacing_deg <= 10:
-            raise ValueError(f"config key pseudolabels.ours.beam_spacing_deg: invalid value {p.beam_spacing_deg!r}")
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "GraphParams":
+        """From the section (missing keys take the schema's defaults); bad values raise ConfigError naming the key."""
+        from lidarlift.config import ConfigError, typed
+
+        p = typed(cls, "pseudolabels.ours", cfg)
         if p.label_cost > p.candidate_cost:
-            raise ValueError("config keys pseudolabels.ours.label_cost / candidate_cost: need label_cost <= candidate_cost")
-        if p.margin < 0:
-            raise ValueError(f"config key pseudolabels.ours.margin: must be >= 0, got {p.margin}")
+            raise ConfigError([f"config key pseudolabels.ours.label_cost: {p.label_cost!r} is above "
+                               f"pseudolabels.ours.candidate_cost ({p.candidate_cost!r}); need label_cost <= candidate_cost"])
         return p
 
 

@@ -62,29 +62,22 @@ CONFUSABLE: dict[str, tuple[str, ...]] = {
 
 @dataclass(frozen=True)
 class Corruption:
-    """Corruption of the simulated 2D maps (config ``pseudolabels.annotation_free.simulated``)."""
+    """Corruption of the simulated 2D maps (config ``pseudolabels.annotation_free.simulated``; defaults:
+    config/schema.yaml)."""
 
-    erosion_px: int = 2
-    confusion: float = 0.1
-    miss: float = 0.1
-    small_area: int = 150
-    hallucination: float = 0.5
-    seed: int = 0
+    erosion_px: int
+    confusion: float
+    miss: float
+    small_area: int
+    hallucination: float
+    seed: int
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "Corruption":
-        cfg = dict(cfg or {})
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"config section pseudolabels.annotation_free.simulated: unknown keys {unknown}; known: {sorted(names)}")
-        c = cls(**cfg)
-        for key in ("confusion", "miss"):
-            if not 0 <= getattr(c, key) <= 1:
-                raise ValueError(f"config key pseudolabels.annotation_free.simulated.{key}: must be in 0..1, got {getattr(c, key)}")
-        if c.erosion_px < 0 or c.hallucination < 0:
-            raise ValueError("config keys pseudolabels.annotation_free.simulated.erosion_px / hallucination must be >= 0")
-        return c
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "Corruption":
+        """From the section (missing keys take the schema's defaults); bad values raise ConfigError naming the key."""
+        from lidarlift.config import typed
+
+        return typed(cls, "pseudolabels.annotation_free.simulated", cfg)
 
     def describe(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

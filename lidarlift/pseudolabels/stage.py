@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,107 +37,83 @@ from .simulate2d import Corruption, class_lookup, read_map, simulated_camera_map
 
 log = logging.getLogger(__name__)
 
-MODES = ("clicks", "annotation_free")
-PROPAGATIONS = ("ours", "iupc")
-AF_METHODS = ("ours", "pointsam")
-
 
 class PseudoLabelError(RuntimeError):
     """Inputs of the pseudolabels stage disagree (point counts, shards, missing stores)."""
 
 
-def _check_keys(section: str, cfg: dict[str, Any], names: set[str]) -> None:
-    unknown = sorted(set(cfg) - names)
-    if unknown:
-        raise ValueError(f"config section {section}: unknown keys {unknown}; known: {sorted(names)}")
-
-
 @dataclass(frozen=True)
 class ClickParams:
-    """Config ``pseudolabels.clicks``."""
+    """Config ``pseudolabels.clicks`` (defaults and meaning: config/schema.yaml)."""
 
-    protocol: str = "budget"
-    share: float = 0.001
-    seed: int = 0
-    min_region_points: int = 5
-    stuff_link_m: float = 1.0
-    file: str | None = None
-    active_rounds: int = 5
+    protocol: str
+    share: float
+    seed: int
+    min_region_points: int
+    stuff_link_m: float
+    file: str | None
+    active_rounds: int
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "ClickParams":
-        cfg = dict(cfg or {})
-        _check_keys("pseudolabels.clicks", cfg, {f.name for f in fields(cls)})
-        p = cls(**cfg)
-        if p.protocol not in ck.PROTOCOLS:
-            raise ValueError(f"config key pseudolabels.clicks.protocol: {p.protocol!r} is not one of {ck.PROTOCOLS}")
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "ClickParams":
+        from lidarlift.config import ConfigError, typed
+
+        p = typed(cls, "pseudolabels.clicks", cfg)
         if p.protocol == "file" and not p.file:
-            raise ValueError("config key pseudolabels.clicks.file: protocol 'file' needs the path of a clicks file")
-        if not 0 <= p.share <= 1:
-            raise ValueError(f"config key pseudolabels.clicks.share: {p.share} is not a share in 0..1")
-        if p.active_rounds < 1:
-            raise ValueError(f"config key pseudolabels.clicks.active_rounds: {p.active_rounds} is not >= 1")
+            raise ConfigError(["config key pseudolabels.clicks.file: protocol 'file' needs the path of a clicks file"])
         return p
 
 
 @dataclass(frozen=True)
 class Semantic2DParams:
-    """Config ``pseudolabels.annotation_free.semantic2d``."""
+    """Config ``pseudolabels.annotation_free.semantic2d`` (defaults and meaning: config/schema.yaml)."""
 
-    source: str = "simulated"
-    dir: str | None = None
-    classes: tuple[str, ...] = ()
-    mapping: dict[str, str | None] = field(default_factory=dict)
+    source: str
+    dir: str | None
+    classes: tuple[str, ...]
+    mapping: dict[str, str | None]
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "Semantic2DParams":
-        cfg = dict(cfg or {})
-        _check_keys("pseudolabels.annotation_free.semantic2d", cfg, {f.name for f in fields(cls)})
-        p = cls(source=cfg.get("source", "simulated"), dir=cfg.get("dir"), classes=tuple(cfg.get("classes") or ()),
-                mapping=dict(cfg.get("mapping") or {}))
-        if p.source not in ("simulated", "files"):
-            raise ValueError(f"config key pseudolabels.annotation_free.semantic2d.source: {p.source!r} is not 'simulated' or 'files'")
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "Semantic2DParams":
+        from lidarlift.config import ConfigError, typed
+
+        p = typed(cls, "pseudolabels.annotation_free.semantic2d", cfg)
         if p.source == "files" and not p.dir:
-            raise ValueError("config key pseudolabels.annotation_free.semantic2d.dir: source 'files' needs the maps' folder")
+            raise ConfigError(["config key pseudolabels.annotation_free.semantic2d.dir: source 'files' needs the maps' folder"])
         return p
 
 
 @dataclass(frozen=True)
 class StageParams:
-    """The ``pseudolabels`` config section, parsed and checked."""
+    """The ``pseudolabels`` config section, parsed and checked (its evaluation-scoped keys left out;
+    ``af_method``, ``semantic2d``, ``corruption`` and ``refine`` are ``annotation_free``'s ``method``,
+    ``semantic2d``, ``simulated`` and ``refine``)."""
 
-    mode: str = "clicks"
-    propagation: str = "ours"
-    clicks: ClickParams = ClickParams()
-    ours: GraphParams = GraphParams()
-    af_method: str = "ours"
-    semantic2d: Semantic2DParams = Semantic2DParams()
-    corruption: Corruption = Corruption()
-    refine: af.AnnotationFreeParams = af.AnnotationFreeParams()
-    estep: EStepParams = EStepParams()
+    mode: str
+    propagation: str
+    clicks: ClickParams
+    ours: GraphParams
+    af_method: str
+    semantic2d: Semantic2DParams
+    corruption: Corruption
+    refine: af.AnnotationFreeParams
+    estep: EStepParams
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any] | None) -> "StageParams":
-        from lidarlift.config import without_scoped
+    def from_config(cls, cfg: dict[str, Any] | None = None) -> "StageParams":
+        """From the section (missing keys take the schema's defaults); bad values raise ConfigError
+        naming the config key."""
+        from lidarlift.config import section, without_scoped
 
-        cfg = without_scoped("pseudolabels", cfg)
-        _check_keys("pseudolabels", cfg, {"mode", "propagation", "clicks", "ours", "annotation_free", "estep"})
-        afc = dict(cfg.get("annotation_free") or {})
-        _check_keys("pseudolabels.annotation_free", afc, {"method", "semantic2d", "simulated", "refine"})
-        p = cls(
-            mode=cfg.get("mode", "clicks"), propagation=cfg.get("propagation", "ours"),
-            clicks=ClickParams.from_config(cfg.get("clicks")), ours=GraphParams.from_config(cfg.get("ours")),
-            af_method=afc.get("method", "ours"), semantic2d=Semantic2DParams.from_config(afc.get("semantic2d")),
-            corruption=Corruption.from_config(afc.get("simulated")), refine=af.AnnotationFreeParams.from_config(afc.get("refine")),
-            estep=EStepParams.from_config(cfg.get("estep")),
+        c = section("pseudolabels", without_scoped("pseudolabels", cfg))
+        afc = c["annotation_free"]
+        return cls(
+            mode=c["mode"], propagation=c["propagation"],
+            clicks=ClickParams.from_config(c["clicks"]), ours=GraphParams.from_config(c["ours"]),
+            af_method=afc["method"], semantic2d=Semantic2DParams.from_config(afc["semantic2d"]),
+            corruption=Corruption.from_config(afc["simulated"]), refine=af.AnnotationFreeParams.from_config(afc["refine"]),
+            estep=EStepParams.from_config(c["estep"]),
         )
-        if p.mode not in MODES:
-            raise ValueError(f"config key pseudolabels.mode: {p.mode!r} is not one of {MODES}")
-        if p.propagation not in PROPAGATIONS:
-            raise ValueError(f"config key pseudolabels.propagation: {p.propagation!r} is not one of {PROPAGATIONS}")
-        if p.af_method not in AF_METHODS:
-            raise ValueError(f"config key pseudolabels.annotation_free.method: {p.af_method!r} is not one of {AF_METHODS}")
-        return p
 
 
 # ----------------------------------------------------------------------------------------------
