@@ -24,17 +24,24 @@ correct (its *value*):
 colour (:func:`appearance_clusters`; one cluster per flat class of the label space on the ground), the
 cue that tells the flat classes apart where the graph lets a label through.
 
-A round's clicks go to the highest values; a share of them (:data:`NOVEL_SHARE`, at least one in the
-last round) goes to **novel** open non-ground regions instead: a core-set (k-centre) choice in a shape
-space (extents, height over the ground, range) far from every pre-segment clicked so far, so that small
-objects of rare classes (cones, bicycles, pedestrians), which no size ranking reaches, get clicks. A
-region's first click lands on its medoid (the member with the least summed distance to the others),
+A round's clicks go to the highest values, except a share of them (:data:`NOVEL_SHARE` of the round's
+clicks, at least one in every round of more than one click, from the first round on) which goes to
+**novel units** instead: the open points of one non-ground pre-segment (the ``presegment`` store's
+``segment_id``), of at least :data:`NOVEL_MIN_POINTS` points and at most :data:`OBJECT_MAX_M` across
+(an object one stands next to: cone, pedestrian, bicycle, motorcycle, pole; cars, walls and hedges are
+reached by the value ranking), outside the regions this round's other clicks take. They are chosen
+greedily (k-centre) by their distance in a shape and look space (extents up and across, height of the
+base over the ground, range, mean intensity and image colour) from every pre-segment clicked so far
+and every non-ground region taken this round, times their points to the power
+:data:`NOVEL_SIZE_POWER`, so that small objects of rare classes, which no size ranking reaches, get
+clicks, and a few-point fragment (an outlier of shape by noise alone) does not win over a pedestrian.
+A region's first click lands on its medoid (the member with the least summed distance to the others),
 further ones on the member farthest from its clicks weighted by its doubt, never on a random point.
 Regions holding a point answered ``ignore`` are not proposed again. The choice is deterministic (seeded
 by the config seed and the sample token).
 
-The constants below were set on the tuning world by ``bench/bench_clicks.py --seed 5 --sweep``, never on
-the bench world (seed 11).
+The constants below were set on the tuning world (seed 5: ``bench/bench_clicks.py --seed 5 --work
+/tmp/clicks_tune``, ``NOVEL_SHARE`` 0.2 against 0.1, 0.3 and 0.4), never on the bench world (seed 11).
 """
 from __future__ import annotations
 
@@ -68,7 +75,15 @@ LEAK_WEIGHT = 1.0
 #: further clicks in a region go to the farthest member weighted by (this + its doubt)
 DOUBT_FLOOR = 0.05
 #: share of each round's clicks that goes to novel non-ground regions (core-set in shape space)
-NOVEL_SHARE = 0.1
+NOVEL_SHARE = 0.2
+#: a novel unit (the open points of one non-ground pre-segment) needs this many points ...
+NOVEL_MIN_POINTS = 8
+#: ... and at most this horizontal extent (m, along its main axis): an object one stands next to
+#: (cone, pedestrian, bicycle, motorcycle, pole, bollard), not a car, a wall or a hedge, which the
+#: value ranking reaches by their size
+OBJECT_MAX_M = 3.0
+#: a novel unit's worth is its distance in shape and look space times its points to this power
+NOVEL_SIZE_POWER = 0.5
 #: appearance clusters of non-ground points (the ground gets one per flat class of the label space)
 OBJECT_APPEARANCES = 1
 #: value of a labelled point whose class was never clicked on its appearance, against an open point
@@ -155,16 +170,38 @@ class KeyframeChooser:
         return int(members[np.argmin(d)])
 
     def _shape(self, members: np.ndarray) -> np.ndarray:
-        """Shape descriptor of a non-ground region: log extent up, log extents across (major, minor),
-        height of its base over the nearest ground, log range."""
+        """Shape and look of a non-ground region: log extent up, log extents across (major, minor, along
+        the main axes), height of its base over the nearest ground, log range, and its mean intensity
+        and image colour (CIE a, b) in units of the keyframe's non-ground spread (0 where unseen)."""
         p = self.ev.xyz[members].astype(np.float64)
         up = np.ptp(p[:, 2])
-        xy = p[:, :2] - p[:, :2].mean(0)
-        sv = np.linalg.svd(xy, compute_uv=False) / np.sqrt(max(len(p), 1)) if len(p) > 1 else np.zeros(2)
+        across = _extents(p[:, :2])
         base = p[:, 2].min() - self._ground_z(p[:, :2].mean(0))
         r = float(np.linalg.norm(p[:, :2].mean(0)))
-        return np.array([np.log(0.1 + up), np.log(0.1 + 4 * sv[0]), np.log(0.1 + 4 * sv[-1]),
-                         np.clip(base, -1, 3), 0.5 * np.log(1 + r)])
+        return np.r_[np.log(0.1 + up), np.log(0.1 + across), np.clip(base, -1, 3), 0.5 * np.log(1 + r),
+                     self._look(members)]
+
+    def _look(self, members: np.ndarray) -> np.ndarray:
+        """Mean intensity and colour (a, b) of ``members``, standardised over the keyframe's non-ground
+        points; 0 for a cue the keyframe lacks or no camera sees."""
+        if not hasattr(self, "_look_cols"):
+            ev, rest = self.ev, ~self.ev.ground
+            cols = []
+            if ev.intensity is not None:
+                cols.append(ev.intensity.astype(np.float64))
+            if ev.color is not None:
+                cols += [ev.color[:, 1].astype(np.float64), ev.color[:, 2].astype(np.float64)]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                f = np.stack(cols, 1) if cols else np.zeros((ev.n, 0))
+                mu, sd = np.nanmean(f[rest], 0), np.nanstd(f[rest], 0)
+                self._look_cols = (f - mu) / np.where(sd > 0, sd, 1.0)
+        out = np.zeros(3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # no camera sees the region: NaN -> 0
+            m = np.nanmean(self._look_cols[members], 0) if self._look_cols.shape[1] else np.zeros(0)
+        out[: len(m)] = np.nan_to_num(m)
+        return out
 
     def _ground_z(self, xy: np.ndarray) -> float:
         if not hasattr(self, "_ground_tree"):
@@ -234,15 +271,21 @@ class KeyframeChooser:
         n_novel = min(max(int(round(NOVEL_SHARE * n)), min_novel), n)
         ranked = _dhondt(cands, n, self.rng)
         picks = ranked[: n - n_novel]
-        novel = self._novel(cands, {c for c, _ in picks}, clicks, n - len(picks))
-        picks += [(c, 0) for c in novel]
+        taken = np.zeros(ev.n, bool)
+        for c, _ in picks:
+            taken[cands[c].members] = True
+        units = self._novel_units(open_ & ~asked, comp, blocked, taken)
+        novel = self._novel(units, [cands[c].members for c, _ in picks], clicks, n - len(picks))
+        cands += [units[u] for u in novel]
+        novel_ids = set(range(len(cands) - len(novel), len(cands)))
+        picks += [(c, 0) for c in sorted(novel_ids)]
         # nothing novel left: the next best by value
-        picks += [pk for pk in ranked[n - n_novel:] if pk[0] not in novel][: n - len(picks)]
+        picks += ranked[n - n_novel:][: n - len(picks)]
         idx, reason, size = [], [], []
         for c, k in picks:
             cand = cands[c]
             idx.append(self._place(cand, k))
-            reason.append("novel" if c in novel and cand.reason != "disagree" else cand.reason)
+            reason.append(cand.reason)
             size.append(len(cand.members))
         idx = np.asarray(idx, np.int64)
         return Proposals(idx, ev.xyz[idx].astype(np.float32), reason, np.asarray(size, np.int64)), labels
@@ -261,30 +304,56 @@ class KeyframeChooser:
         cand.placed.append(int(cand.members[np.argmax(d)]))
         return cand.placed[-1]
 
-    def _novel(self, cands: list["Candidate"], taken: set[int], clicks: ck.SampleClicks, k: int) -> list[int]:
-        """Up to ``k`` open non-ground regions (candidate indices) by k-centre in shape space, away from
-        the pre-segments clicked so far and the regions taken this round."""
+    def _novel_units(self, open_: np.ndarray, comp: np.ndarray, blocked: np.ndarray, taken: np.ndarray) -> list["Candidate"]:
+        """Novel units: the open points (``open_``, not asked) of each non-ground pre-segment, outside
+        the regions answered ``ignore`` (``blocked`` by open component) and those this round's ranked
+        clicks take (``taken``), of at least :data:`NOVEL_MIN_POINTS` points and at most
+        :data:`OBJECT_MAX_M` across."""
         ev = self.ev
-        pool = [c for c, cand in enumerate(cands)
-                if c not in taken and cand.reason in ("unreached", "candidates") and not ev.ground[cand.members[0]]]
-        if k <= 0 or not pool:
+        free = open_ & ~ev.ground & (ev.segment_id >= 0) & ~taken
+        free &= ~blocked[np.where(comp >= 0, comp, ev.n)]
+        out = []
+        for members in _group(np.where(free, ev.segment_id, -1).astype(np.int64)):
+            if len(members) >= NOVEL_MIN_POINTS and _extents(ev.xyz[members, :2].astype(np.float64))[0] <= OBJECT_MAX_M:
+                out.append(Candidate(members, "novel", float(len(members))))
+        return out
+
+    def _novel(self, units: list["Candidate"], taken: list[np.ndarray], clicks: ck.SampleClicks, k: int) -> list[int]:
+        """Up to ``k`` novel units (indices into ``units``) by k-centre (farthest first) in shape and look
+        space (:meth:`_shape`), away from the pre-segments clicked so far and the non-ground regions
+        ``taken`` by this round's other clicks."""
+        ev = self.ev
+        if k <= 0 or not units:
             return []
-        shapes = np.stack([self._shape(cands[c].members) for c in pool])
-        ref = [self._shape(cands[c].members) for c in taken if not ev.ground[cands[c].members[0]]]
+        shapes = np.stack([self._shape(u.members) for u in units])
+        ref = [self._shape(m) for m in taken if not ev.ground[m[0]]]
         ref += [self._shape(np.flatnonzero(ev.segment_id == seg))
                 for seg in np.unique(ev.segment_id[clicks.point_index]) if seg >= 0]
         chosen: list[int] = []
         if not ref:  # nothing to be unlike yet: the largest first
-            chosen.append(int(np.argmax([len(cands[c].members) for c in pool])))
+            chosen.append(int(np.argmax([len(u.members) for u in units])))
             ref = [shapes[chosen[0]]]
         d = np.min(np.linalg.norm(shapes[:, None, :] - np.asarray(ref)[None], axis=2), axis=1)
         d[chosen] = -np.inf
-        while len(chosen) < min(k, len(pool)):
-            best = int(np.argmax(d + 1e-9 * self.rng.random(len(d))))
+        # a click's worth: how unlike everything clicked the unit is, times the points it labels
+        # (to the power NOVEL_SIZE_POWER: a few-point fragment is an outlier of shape by noise alone)
+        size = np.array([len(u.members) for u in units], np.float64) ** NOVEL_SIZE_POWER
+        while len(chosen) < min(k, len(units)):
+            best = int(np.argmax(d * size + 1e-9 * self.rng.random(len(d))))
             chosen.append(best)
             d = np.minimum(d, np.linalg.norm(shapes - shapes[best], axis=1))
             d[best] = -np.inf
-        return [pool[c] for c in chosen]
+        return chosen
+
+
+def _extents(xy: np.ndarray) -> np.ndarray:
+    """(2,) horizontal extents (m) of (n, 2) points along their main axes, major first."""
+    if len(xy) < 2:
+        return np.zeros(2)
+    xy = xy - xy.mean(0)
+    _, _, vt = np.linalg.svd(xy, full_matrices=False)
+    proj = xy @ vt.T
+    return np.ptp(proj, axis=0) if proj.shape[1] == 2 else np.r_[np.ptp(proj[:, 0]), 0.0]
 
 
 def appearance_clusters(ev: Evidence, n_ground: int, n_object: int, seed: int) -> np.ndarray:
@@ -384,8 +453,8 @@ def click_rounds(choosers: dict[str, KeyframeChooser], budgets: dict[str, int], 
     clicks = {t: (clicks or {}).get(t, ck.SampleClicks.empty()) for t in choosers}
     per_round = {t: round_budgets(budgets[t], rounds) for t in choosers}
     for r in range(rounds):
-        # the last round asks about the most unusual open object at least, so rare classes get a chance
-        proposals = {t: ch.propose(clicks[t], per_round[t][r], min_novel=int(r == rounds - 1 and budgets[t] > 1))[0]
+        # every round asks about the most unusual open object at least, so rare classes get a chance
+        proposals = {t: ch.propose(clicks[t], per_round[t][r], min_novel=int(per_round[t][r] > 1))[0]
                      for t, ch in choosers.items()}
         proposals = {t: p for t, p in proposals.items() if len(p)}
         if not proposals:
