@@ -108,10 +108,14 @@ def test_benchmark_reader_and_html_tables(tmp_path):
     (bench / "synth.tsv").write_text(header + "12.5\t0:00:12\t310.2\t900\t300\t305\t0\t10\t95.0\t11.9\n")
     (bench / "associate" / "scene-0061.tsv").write_text(header + "2.0\t0:00:02\t150\t-\t-\t-\t-\t-\t-\t1.9\n"
                                                         + "4.0\t0:00:04\t170\t-\t-\t-\t-\t-\t-\t3.9\n")
+    (tmp_path / "associate").mkdir()  # the job's stats beside its store: 1.25 s of work
+    (tmp_path / "associate" / "scene-0061.stats.json").write_text('{"seconds": {"load": 0.25, "total": 1.25}}')
     rows = read_benchmarks(bench)
     by = {(r["rule"], r["job"]): r for r in rows}
     assert by[("synth", "")]["s"] == 12.5 and by[("synth", "")]["max_rss_mb"] == pytest.approx(310.2)
     assert by[("associate", "scene-0061")]["s"] == 3.0 and by[("associate", "scene-0061")]["max_rss_mb"] == 170
+    assert by[("associate", "scene-0061")]["work_s"] == 1.25 and by[("associate", "scene-0061")]["overhead_s"] == 1.75
+    assert by[("synth", "")]["work_s"] is None and by[("synth", "")]["overhead_s"] is None
     html = F.html_page("t", F.nested_html({"miou": 0.5, "rounds": [{"round": 0, "miou": 0.4}], "per_class": {"car": {"p": 1.0}}}))
     assert "<table>" in html and "0.5000" in html and "car" in html
     idx = report_index([F.headline_figure([], tmp_path / "empty.png")])

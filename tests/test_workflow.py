@@ -319,7 +319,8 @@ def plans(tmp_path_factory) -> dict[str, tuple[int, str]]:
     host and SLURM with active clicks and temporal labels, whose extra rules (the uniform-protocol baseline,
     temporal, the keyframe-only network) complete the set of rules."""
     wd = copy_workflow(tmp_path_factory.mktemp("plan"))
-    every_rule = ["--config", "pseudolabels={clicks: {protocol: active}}", "temporal={enabled: true}"]
+    every_rule = ["--config", "pseudolabels={clicks: {protocol: active}}", "temporal={enabled: true}",
+                  "presegment={compare_baseline: true}"]
     runs = {
         "gpu_host": ["-n", "--cores", "32", "--resources", "gpu=8", *every_rule],
         "this_box": ["-n"],

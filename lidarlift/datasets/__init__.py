@@ -29,9 +29,20 @@ ADAPTERS: dict[str, Callable[[dict[str, Any]], Manifest]] = {
 }
 
 
+def dataset_section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The ``dataset`` config section with the schema's defaults filled in and validated (errors name the
+    key); ``label_space`` (``labels.space``, not a dataset key) may ride along and is kept."""
+    from lidarlift.config import section
+
+    extra = {k: cfg[k] for k in ("label_space",) if k in cfg}
+    return {**section("dataset", {k: v for k, v in cfg.items() if k not in extra}), **extra}
+
+
 def build_manifest(dataset_cfg: dict[str, Any]) -> Manifest:
-    """Manifest for the ``dataset`` config section (``format`` picks the adapter)."""
-    fmt = dataset_cfg.get("format", "nuscenes")
+    """Manifest for the ``dataset`` config section (``format`` picks the adapter; :func:`dataset_section`);
+    without ``label_space`` each adapter takes its format's label space."""
+    dataset_cfg = dataset_section(dataset_cfg)
+    fmt = dataset_cfg["format"]
     if fmt not in ADAPTERS:
         raise ValueError(f"config key dataset.format: unknown dataset format {fmt!r}; choose one of {sorted(ADAPTERS)}")
     return ADAPTERS[fmt](dataset_cfg)

@@ -101,16 +101,19 @@ def _intermediate(nusc, sd: dict) -> list[LidarFrame]:
 def build_manifest(cfg: dict[str, Any]) -> Manifest:
     """Manifest of every keyframe of ``cfg['dataroot']`` / ``cfg['version']``, one shard per scene.
 
-    Config keys: dataroot, version, sweeps_prev (default 5), sweeps_next (default 1), scenes (optional
+    Config keys (the ``dataset`` section; defaults from the schema): dataroot, version, sweeps_prev, sweeps_next, scenes (optional
     list of scene names to keep), label_space. Every keyframe also lists its ``intermediate_sweeps``: all
     sweeps back to the previous keyframe (at most :data:`MAX_INTERMEDIATE_SWEEPS`).
     """
+    from . import dataset_section
+
+    cfg = dataset_section(cfg)
     dataroot = Path(cfg["dataroot"])
-    version = cfg.get("version", "v1.0-mini")
+    version = cfg["version"]
     nusc = load_nusc(dataroot, version)
     splits = scene_splits(version)
     keep = set(cfg.get("scenes") or [])
-    n_prev, n_next = int(cfg.get("sweeps_prev", 5)), int(cfg.get("sweeps_next", 1))
+    n_prev, n_next = int(cfg["sweeps_prev"]), int(cfg["sweeps_next"])
     gt_root = dataroot / GT_DIR / version
     has_lidarseg = hasattr(nusc, "lidarseg") and len(getattr(nusc, "lidarseg", [])) > 0
     has_panoptic = hasattr(nusc, "panoptic") and len(getattr(nusc, "panoptic", [])) > 0

@@ -105,12 +105,15 @@ def read_poses(path: Path) -> np.ndarray:
 
 def build_manifest(cfg: dict[str, Any]) -> Manifest:
     """Manifest of every frame of every sequence under ``cfg['dataroot']/sequences`` (one shard each)."""
+    from . import dataset_section
+
+    cfg = dataset_section(cfg)
     import cv2
 
     root = Path(cfg["dataroot"])
     names = existing_sequence_names(root)
     keep = set(cfg.get("scenes") or [])
-    n_prev, n_next = int(cfg.get("sweeps_prev", 5)), int(cfg.get("sweeps_next", 1))
+    n_prev, n_next = int(cfg["sweeps_prev"]), int(cfg["sweeps_next"])
     samples: list[SampleRecord] = []
     for seq in names:
         if keep and seq not in keep:

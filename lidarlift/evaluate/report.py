@@ -7,6 +7,7 @@ Each function writes its files and returns what it wrote; the Snakemake figure r
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 from pathlib import Path
@@ -117,10 +118,26 @@ def stage_quality_report(stage_summary: dict[str, Any], html_path: str | Path, p
 # --- benchmarks ------------------------------------------------------------------------------
 
 
+def _work_seconds(stats_path: Path) -> float | None:
+    """The seconds a job says it spent on its work (its ``.stats.json``: ``seconds``, ``seconds.total``
+    or ``seconds_total``), None without such a file or key."""
+    try:
+        d = json.loads(stats_path.read_text())
+    except (OSError, ValueError):
+        return None
+    v = d.get("seconds", d.get("seconds_total")) if isinstance(d, dict) else None
+    if isinstance(v, dict):
+        v = v.get("total")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def read_benchmarks(bench_dir: str | Path) -> list[dict[str, Any]]:
-    """Rows {rule, job, s, max_rss_mb, mean_load, cpu_time, repeats} from every Snakemake benchmark
-    ``.tsv`` under ``bench_dir`` (``<rule>.tsv`` or ``<rule>/<job>.tsv``); repeated runs are averaged
-    (seconds) and maxed (RSS)."""
+    """Rows {rule, job, s, max_rss_mb, mean_load, cpu_time, repeats, work_s, overhead_s} from every
+    Snakemake benchmark ``.tsv`` under ``bench_dir`` (``<rule>.tsv`` or ``<rule>/<job>.tsv``); repeated
+    runs are averaged (seconds) and maxed (RSS). ``work_s``: the seconds the job reports for its own work
+    in its stats file (``<results>/<same path>.stats.json``, ``<results>`` being the folder above
+    ``bench_dir``), ``overhead_s`` = ``s`` - ``work_s``: process start, imports, reading the config --
+    what the job costs beyond its work."""
     bench_dir = Path(bench_dir)
     rows = []
     for path in sorted(bench_dir.rglob("*.tsv")):
@@ -147,9 +164,12 @@ def read_benchmarks(bench_dir: str | Path) -> list[dict[str, Any]]:
             return vals
 
         s, rss, load, cpu = num("s"), num("max_rss"), num("mean_load"), num("cpu_time")
-        rows.append({"rule": rule, "job": job, "s": float(np.mean(s)) if s else None,
+        work = _work_seconds(bench_dir.parent / rel.with_suffix(".stats.json"))
+        mean_s = float(np.mean(s)) if s else None
+        rows.append({"rule": rule, "job": job, "s": mean_s,
                      "max_rss_mb": max(rss) if rss else None, "mean_load": float(np.mean(load)) if load else None,
-                     "cpu_time": float(np.mean(cpu)) if cpu else None, "repeats": len(recs)})
+                     "cpu_time": float(np.mean(cpu)) if cpu else None, "repeats": len(recs), "work_s": work,
+                     "overhead_s": mean_s - work if mean_s is not None and work is not None else None})
     return rows
 
 
@@ -164,8 +184,11 @@ def benchmark_report(bench_dir: str | Path, html_path: str | Path, png_path: str
         t["max_rss_mb"] = max(t["max_rss_mb"], r["max_rss_mb"] or 0.0)
     body = ["<h2>Per rule</h2>", F.table_html(sorted(totals.values(), key=lambda t: -t["seconds"]),
                                                  headers={"seconds": "seconds (sum)", "max_rss_mb": "max RSS (MB)"}),
-            "<h2>Per job</h2>", F.table_html(rows, ["rule", "job", "s", "max_rss_mb", "cpu_time", "mean_load"], key_columns=2,
-                                              headers={"s": "seconds", "max_rss_mb": "max RSS (MB)", "cpu_time": "CPU seconds"})]
+            "<h2>Per job</h2>", F.table_html(rows, ["rule", "job", "s", "work_s", "overhead_s", "max_rss_mb", "cpu_time", "mean_load"],
+                                              key_columns=2,
+                                              headers={"s": "seconds", "work_s": "work (s, the job's stats)",
+                                                       "overhead_s": "beyond the work (s)", "max_rss_mb": "max RSS (MB)",
+                                                       "cpu_time": "CPU seconds"})]
     html = F.write_html(html_path, "Benchmarks", "\n".join(body),
                         note=f"From every rule's benchmark: file under {bench_dir} at the time this table was built "
                              "(jobs that ran after it, e.g. the report rules themselves, are not listed).")
