@@ -71,8 +71,9 @@ def variants(p: P.PresegmentParams) -> dict[str, dict]:
 
 
 def _add(acc: dict, counts: dict) -> None:
-    for k, v in counts.items():
-        acc[k] = acc.get(k, 0) + v
+    from lidarlift.evaluate.counts import add
+
+    acc.update(add(acc, counts))
 
 
 def _figures(acc: dict) -> dict:

@@ -31,6 +31,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lidarlift import superpixels as S  # noqa: E402
 from lidarlift.datasets import build_manifest, read_image  # noqa: E402
+from lidarlift.config import section  # noqa: E402
+from lidarlift.evaluate.superpixels import image_metrics  # noqa: E402
 from lidarlift.groundtruth import image_truth  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "out" / "superpixels.json"
@@ -96,7 +98,7 @@ def main() -> None:
             a["wall"] += best_w
             a["cpu"] += best_c
             a["sp"] += len(np.unique(sp))
-            for k, v in S.image_metrics(sp, *truth, tolerance=params.boundary_tolerance).items():
+            for k, v in image_metrics(sp, *truth, tolerance=section("superpixels")["boundary_tolerance"]).items():
                 a[k] += v
     n = len(images)
     rows = []

@@ -212,21 +212,13 @@ def upper_edge(xyz: np.ndarray, scan: ScanResolution) -> np.ndarray:
     el = np.arctan2(xyz[:, 2], rho)
     n_cols = max(1, int(round(2 * math.pi / scan.azimuth_step)))
     beam = np.rint(scan.beam_index(el)).astype(np.int64)
+    beam -= beam.min()
     col = np.rint((np.arctan2(xyz[:, 1], xyz[:, 0]) + math.pi) / scan.azimuth_step).astype(np.int64) % n_cols
-    key = beam * n_cols + col
-    order = np.argsort(key, kind="stable")
-    sk = key[order]
-    spacing = scan.vertical_spacing(el)
-    continued = np.zeros(n, bool)
+    # the range image as a dense (beams + 1) x columns grid holding the first return of each cell
     idx = np.arange(n)
-    for dc in (-1, 0, 1):
-        q = (beam + 1) * n_cols + (col + dc) % n_cols
-        pos = np.minimum(np.searchsorted(sk, q), n - 1)
-        j = order[pos]
-        match = sk[pos] == q
-        d1, d2 = np.maximum(r, r[j]), np.minimum(r, r[j])
-        beta = np.arctan2(d2 * np.sin(spacing), d1 - d2 * np.cos(spacing))
-        continued |= match & (j != idx) & (beta > math.radians(EDGE_ANGLE_DEG))
+    first = np.full((int(beam.max()) + 2) * n_cols, n, np.int64)
+    np.minimum.at(first, beam * n_cols + col, idx)
+    continued = zb.continued_upward(first, beam, col, r, scan.vertical_spacing(el), n_cols, math.radians(EDGE_ANGLE_DEG))
     return ~continued
 
 

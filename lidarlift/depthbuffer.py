@@ -164,3 +164,25 @@ def pyramid_layout(h: int, w: int, levels: int) -> tuple[np.ndarray, np.ndarray,
         hs.append(lh)
         total += lw * lh
     return np.asarray(offs, np.int64), np.asarray(ws, np.int64), np.asarray(hs, np.int64), total
+
+
+@numba.jit(**_JIT)
+def continued_upward(first: np.ndarray, beam: np.ndarray, col: np.ndarray, r: np.ndarray, spacing: np.ndarray,
+                     n_cols: int, min_angle: float) -> np.ndarray:  # pragma: no cover - compiled
+    """(N,) bool: a return whose cell one beam up, in its own or a neighbouring column, holds a return
+    (``first``: the first return of each ``beam * n_cols + col`` cell, N where empty) on the same surface
+    -- the angle between the two returns seen from the nearer one, ``atan2(d2 sin s, d1 - d2 cos s)``
+    with ``s`` the vertical spacing, above ``min_angle`` (no depth jump between them)."""
+    n = len(beam)
+    out = np.zeros(n, np.bool_)
+    for i in range(n):
+        row = (beam[i] + 1) * n_cols
+        s = spacing[i]
+        for dc in (-1, 0, 1):
+            j = first[row + (col[i] + dc) % n_cols]
+            if j < n:
+                d1, d2 = max(r[i], r[j]), min(r[i], r[j])
+                if math.atan2(d2 * math.sin(s), d1 - d2 * math.cos(s)) > min_angle:
+                    out[i] = True
+                    break
+    return out
