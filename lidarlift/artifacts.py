@@ -24,6 +24,8 @@ from typing import Any, Iterator
 import numpy as np
 import zarr
 
+from lidarlift.tmpfiles import temporary_path
+
 
 @dataclass(frozen=True)
 class ArraySpec:
@@ -170,9 +172,7 @@ def write_store(path: str | os.PathLike, stage: str, *, shard: str, sample_token
     spec = STORES[stage]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = temporary_path(path)  # also removes what a killed writer of this store left
     group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     group.attrs.update({
         "schema_version": spec.version,

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from lidarlift.tmpfiles import temporary_path
+
 MANIFEST_VERSION = 1
 
 #: nuScenes camera order used for every per-camera axis in lidarlift (PointSAM's merge order too).
@@ -116,7 +118,7 @@ class Manifest:
     def to_json(self, path: str | os.PathLike) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        tmp = temporary_path(path)
         payload = {"manifest_version": MANIFEST_VERSION, **asdict(self)}
         tmp.write_text(json.dumps(payload, indent=1))
         os.replace(tmp, path)

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from lidarlift.tmpfiles import temporary_path
+
 log = logging.getLogger("lidarlift")
 
 
@@ -52,7 +54,7 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON atomically (temporary name, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable))
     os.replace(tmp, path)
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from lidarlift.tmpfiles import temporary_path
 from lidarlift.classes import CHALLENGE_CLASSES
 
 #: MixSup cluster-label class ids by challenge class name (PointSAM-for-MixSup BIN_CLASSES).
@@ -60,7 +61,7 @@ class ExportError(ValueError):
 def _atomic_write(path: Path, write) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path, prefix=".")
     write(tmp)
     os.replace(tmp, path)
     return path

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from lidarlift.tmpfiles import temporary_path
 from lidarlift.model.data import (AugmentConfig, ResidentSweeps, SweepDataset, TrainingDataError, check_supervision,
                                   collate_sweeps, groundtruth_refs, pseudolabel_refs, temporal_refs)
 from lidarlift.model.losses import SegmentationLoss, inverse_frequency_weights
@@ -178,7 +179,7 @@ def resolve_device(name: str, d: Dist) -> torch.device:
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = temporary_path(path)
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
