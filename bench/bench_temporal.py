@@ -11,7 +11,7 @@ and the baselines off, up to ``summary.json``; reads ``pseudolabels.temporal`` (
 per labelled keyframe point, precision against the generator's sweep truth, the val mIoU of the network
 trained with the temporal sweeps -- rule ``train`` -- and without -- rule ``train_keyframes``, same
 pseudo-labels and config) and the jobs' seconds; prints a table and writes ``bench/temporal.json``.
-``--config KEY=VALUE`` adds DAG config (e.g. ``train.temporal_sweeps=3``).
+``--config KEY=VALUE`` adds DAG config in Snakemake's form (e.g. ``--config 'train={temporal_sweeps: 3}'``).
 
 ``--tune RESULTS``: on a run's manifest, round-0 pseudo-labels and pre-segments (the train shards; run
 the DAG up to ``pseudolabels/r0`` first), labels the sweeps for each ``gate_beams`` x ``neighbours`` of
