@@ -79,7 +79,7 @@ def check_world(root: Path, version: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    d = WorldParams()
+    d = WorldParams.from_config()  # the defaults: config/schema.yaml
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", type=int, default=d.scenes)
     ap.add_argument("--samples-per-scene", type=int, default=d.samples_per_scene)

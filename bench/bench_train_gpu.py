@@ -162,7 +162,7 @@ def run_isolated(name: str, cfg: UNetConfig, amp: bool, batch: dict, device: tor
         for m in model.modules():
             if hasattr(m, "algo"):
                 m.algo = getattr(ConvAlgo, algo)
-    crit = SegmentationLoss(cfg.num_classes, class_weights=torch.ones(cfg.num_classes)).to(device)
+    crit = SegmentationLoss.from_config(cfg.num_classes, {"class_weights": [1.0] * cfg.num_classes}).to(device)
     opt = _optimizer(TrainConfig.from_config({"lr": 1e-3}, num_classes=cfg.num_classes), model, device)
     use_amp = amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -282,7 +282,7 @@ def bench_loss(batch: dict, num_classes: int, device: torch.device, repeats: int
     replaced (forward + backward of the Lovasz term alone, labelled points only)."""
     g = torch.Generator(device=device).manual_seed(0)
     logits = torch.randn(len(batch["points"]), num_classes, device=device, generator=g, requires_grad=True)
-    crit = SegmentationLoss(num_classes, class_weights=torch.ones(num_classes)).to(device)
+    crit = SegmentationLoss.from_config(num_classes, {"class_weights": [1.0] * num_classes}).to(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     lab = batch["label"] > 0
 

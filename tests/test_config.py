@@ -318,6 +318,7 @@ def test_parameter_classes_take_every_default_from_the_schema():
     from lidarlift.pseudolabels.simulate2d import Corruption
     from lidarlift.pseudolabels.stage import ClickParams, Semantic2DParams, StageParams
     from lidarlift.superpixels import SuperpixelParams
+    from lidarlift.synth.world import WorldParams
     from lidarlift.temporal import TemporalParams
 
     cases = [
@@ -338,11 +339,14 @@ def test_parameter_classes_take_every_default_from_the_schema():
         (SuperpixelParams.from_config({}), "superpixels", None),
         (TemporalParams.from_config({}), "temporal", None),
         (InstanceParams.from_config({}), "evaluate.instances", None),
+        (WorldParams.from_config({}), "synth", {"version": None}),
     ]
     for obj, path, renamed in cases:
         skip = tuple(k for k, v in (renamed or {}).items() if v is None)  # fields that are no key of this section
         assert _assert_schema_defaults(obj, path, {k: v for k, v in (renamed or {}).items() if v}, skip) >= 3, path
     assert AssociateParams.from_config({}).bad_sample_policy == _schema_default("dataset.bad_sample_policy")
+    assert WorldParams.from_config({}).version == _schema_default("dataset.version")
+    assert WorldParams.from_config({}, version="v1.0-trainval").version == "v1.0-trainval"
     unet = UNetConfig.from_config({}, num_classes=19)
     assert unet.num_classes == 19 and UNetConfig.from_dict(unet.to_dict()) == unet
     train = TrainConfig.from_config({}, num_classes=19)

@@ -81,14 +81,14 @@ def test_segmentation_loss_uses_each_point_once():
                            [9.0, 0.0, 0.0, 0.0]])  # full set: no loss
     label = torch.tensor([1, 0, 0, 0, 0])
     cand = torch.tensor([bits(1), bits(1, 2), (1 << k) - 1, 0, (1 << k) - 1])
-    loss = SegmentationLoss(k, lovasz_weight=0.0)
+    loss = SegmentationLoss.from_config(k, {"lovasz_weight": 0.0, "class_weights": "none"})
     t = loss(logits, label, cand)
     ce = -torch.log_softmax(logits[0], 0)[0].item()
     assert t.n_labelled == 1 and t.n_candidates == 1
     assert t.ce.item() == pytest.approx(ce, rel=1e-6)
     assert t.negative.item() == pytest.approx(math.log(2), rel=1e-6)
     assert t.total.item() == pytest.approx(ce + math.log(2), rel=1e-6)
-    nothing = SegmentationLoss(k)(logits[2:], label[2:], cand[2:])
+    nothing = SegmentationLoss.from_config(k, {"class_weights": "none"})(logits[2:], label[2:], cand[2:])
     assert not nothing.supervised and nothing.total.item() == 0.0
 
 
@@ -97,13 +97,33 @@ def test_class_weights_and_confidence():
     logits = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     label = torch.tensor([1, 2])
     per = torch.nn.functional.cross_entropy(logits, label - 1, reduction="none")
-    w = SegmentationLoss(k, lovasz_weight=0, class_weights=[1.0, 3.0, 1.0])(logits, label, torch.zeros(2, dtype=torch.long))
+    w = SegmentationLoss.from_config(k, {"lovasz_weight": 0, "class_weights": [1.0, 3.0, 1.0]})(
+        logits, label, torch.zeros(2, dtype=torch.long))
     assert w.ce.item() == pytest.approx(((per[0] + 3 * per[1]) / 4).item(), rel=1e-6)
-    c = SegmentationLoss(k, lovasz_weight=0, confidence_weighting=True)(logits, label, torch.zeros(2, dtype=torch.long),
-                                                                       torch.tensor([1.0, 0.0]))
+    c = SegmentationLoss.from_config(k, {"lovasz_weight": 0, "confidence_weighting": True, "class_weights": "none"})(
+        logits, label, torch.zeros(2, dtype=torch.long), torch.tensor([1.0, 0.0]))
     assert c.ce.item() == pytest.approx(per[0].item() / 2, rel=1e-6)
     with pytest.raises(ValueError, match="class_weights"):
-        SegmentationLoss(k, class_weights=[1.0, 2.0])
+        SegmentationLoss.from_config(k, {"class_weights": [1.0, 2.0]})
+
+
+def test_loss_from_config_takes_the_schema_defaults_and_names_bad_keys():
+    """``SegmentationLoss.from_config`` fills ``train.loss`` from config/schema.yaml; the frequency class
+    weights come from the label counts (label 0 = ignore is not a class); a bad value names its key."""
+    from lidarlift.config import section
+
+    d = section("train.loss")
+    loss = SegmentationLoss.from_config(3)
+    assert (loss.ce_weight, loss.lovasz_weight, loss.negative_weight, loss.confidence_weighting) == (
+        d["ce_weight"], d["lovasz_weight"], d["negative_weight"], d["confidence_weighting"])
+    assert d["class_weights"] == "inverse_sqrt_frequency" and torch.equal(loss.class_weights, torch.ones(3))
+    counted = SegmentationLoss.from_config(3, {"class_weights": "inverse_frequency"}, label_counts=[500, 100, 25, 0])
+    assert torch.allclose(counted.class_weights, inverse_frequency_weights([100, 25, 0], power=1.0))
+    assert SegmentationLoss.from_config(3, {"class_weights": "none"}).class_weights is None
+    with pytest.raises(ValueError, match=r"config key train\.loss\.ce_weight\b"):
+        SegmentationLoss.from_config(3, {"ce_weight": -1})
+    with pytest.raises(TypeError):  # the constructor carries no defaults of its own
+        SegmentationLoss(3)
 
 
 def test_inverse_frequency_weights():
@@ -160,7 +180,7 @@ def test_loss_of_masked_points_equals_the_loss_of_the_labelled_subset():
     cand = torch.randint(0, 1 << k, (300,), generator=g)
     conf = torch.rand(300, generator=g)
     w = torch.tensor([1.0, 2.0, 0.5, 1.5, 1.0])
-    t = SegmentationLoss(k, class_weights=w, confidence_weighting=True)(logits, label, cand, conf)
+    t = SegmentationLoss.from_config(k, {"class_weights": w.tolist(), "confidence_weighting": True})(logits, label, cand, conf)
     lab = label > 0
     per = torch.nn.functional.cross_entropy(logits[lab], label[lab] - 1, weight=w, reduction="none") * conf[lab]
     ce = per.sum() / w[label[lab] - 1].sum()

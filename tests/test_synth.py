@@ -339,6 +339,9 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path):
     (dict(version="v2.0"), "version"),
     (dict(sensor="hdl16"), "sensor"),
     (dict(azimuth_steps=0), "azimuth_steps"),
+    (dict(jpeg_quality=0), "synth.jpeg_quality"),
+    (dict(ego_speed_min=9.0, ego_speed_max=6.0), "ego_speed_min"),
+    (dict(beam=16), "synth.beam"),  # unknown keys are refused, not ignored
 ])
 def test_invalid_params_raise_valueerror_naming_the_parameter(tmp_path, params, name):
     with pytest.raises(ValueError, match=name):
@@ -368,7 +371,7 @@ def test_lidar_presets_fire_like_the_real_sensors(sensor):
     from lidarlift.synth.sensors import SceneCaster, cast_sweep, lidar_calib
     from lidarlift.synth.world import WorldParams, build_scene
 
-    p = WorldParams(sensor=sensor).validate()
+    p = WorldParams.from_config({"sensor": sensor}).validate()
     spec = p.lidar
     gaps = np.degrees(local_spacing(np.radians(spec.elevations_deg)))
     rate = round(1 / spec.period_s)
@@ -382,7 +385,7 @@ def test_lidar_presets_fire_like_the_real_sensors(sensor):
         assert spec.beams == 128 and spec.azimuth_steps == 1024 and rate == 10 and np.allclose(gaps, 45 / 127)
     # 0.5 s keyframes at any rotation rate; the same scene duration (the same streets for one seed)
     assert p.keyframe_sweeps * spec.period_s == pytest.approx(0.5) and p.lead_sweeps == p.keyframe_sweeps - 1
-    assert p.scene_duration == pytest.approx(WorldParams().scene_duration)
+    assert p.scene_duration == pytest.approx(WorldParams.from_config().scene_duration)
     counts = []
     for index in (0, 1):
         caster = SceneCaster(build_scene(p, index))
@@ -400,9 +403,9 @@ def test_preset_overrides_and_the_world_record(tmp_path):
     """``beams`` spreads that many beams over the preset's range; world.json records the LiDAR used."""
     from lidarlift.synth.world import WorldParams
 
-    p = WorldParams(sensor="kitti64", beams=16, azimuth_steps=300).validate()
+    p = WorldParams.from_config({"sensor": "kitti64", "beams": 16, "azimuth_steps": 300}).validate()
     assert p.lidar.beams == 16 and p.lidar.elevations_deg[0] == -24.8 and p.lidar.azimuth_steps == 300
-    assert WorldParams(sensor="auto").validate().lidar.name == "nuscenes32"  # generate() writes the nuScenes layout
+    assert WorldParams.from_config({"sensor": "auto"}).validate().lidar.name == "nuscenes32"  # generate() writes the nuScenes layout
     generate(tmp_path, seed=2, scenes=1, samples_per_scene=1, image_width=32, image_height=18, sensor="os128",
              beams=8, azimuth_steps=200)
     world = json.loads((tmp_path / "lidarlift_gt" / "v1.0-mini" / "world.json").read_text())

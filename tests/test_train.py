@@ -307,7 +307,7 @@ def test_batch_loss_and_optimizer_step_never_wait_for_the_gpu(toy):
     ds = SweepDataset(m, pseudolabel_refs(m, toy["stores"]), 16, augment=AugmentConfig.from_config(), seed=0, max_points=2000)
     resident = ResidentSweeps(ds, "cuda")
     head = torch.nn.Linear(4, 16).cuda()
-    crit = SegmentationLoss(16, class_weights=torch.ones(16)).cuda()
+    crit = SegmentationLoss.from_config(16, {"class_weights": [1.0] * 16}).cuda()
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, fused=True)
     scaler = torch.amp.GradScaler("cuda")
     resident.batch([0, 1], 0)  # first use: CUDA context, allocator, pinned-memory pool

@@ -14,8 +14,9 @@ step queues its loss and backward behind the forward pass without a host round t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,13 +94,35 @@ class LossTerms:
 class SegmentationLoss(torch.nn.Module):
     """CE (+ Lovász) on labelled points + weighted negative-label loss on candidate sets.
 
-    ``class_weights``: (K,) CE weights for classes 1..K or None. ``confidence_weighting``: scale each
-    labelled point's CE by its pseudo-label confidence.
+    Build it from the ``train.loss`` config section with :meth:`from_config` (config/schema.yaml holds
+    the defaults); the constructor takes every term explicitly. ``class_weights``: (K,) CE weights for
+    classes 1..K or None. ``confidence_weighting``: scale each labelled point's CE by its pseudo-label
+    confidence.
     """
 
-    def __init__(self, num_classes: int, ce_weight: float = 1.0, lovasz_weight: float = 1.0,
-                 negative_weight: float = 1.0, class_weights: Sequence[float] | torch.Tensor | None = None,
-                 confidence_weighting: bool = False):
+    @classmethod
+    def from_config(cls, num_classes: int, cfg: Mapping[str, Any] | None = None,
+                    label_counts: Sequence[int] | np.ndarray | None = None) -> "SegmentationLoss":
+        """The loss of the ``train.loss`` section ``cfg`` over the schema's defaults (validated: errors name
+        the key, ``config key train.loss.ce_weight: ...``). ``class_weights`` none | inverse_sqrt_frequency
+        | inverse_frequency | a list of K numbers; the frequency weights come from ``label_counts``, (K + 1,)
+        points per label 0..K (0 = ignore) of the training data (None: every class counts the same, i.e.
+        weights 1)."""
+        from lidarlift.config import section
+
+        lc = section("train.loss", cfg)
+        weights = lc.pop("class_weights")
+        if weights == "none":
+            w = None
+        elif isinstance(weights, str):  # inverse_sqrt_frequency | inverse_frequency (the schema's enum)
+            counts = np.asarray(label_counts)[1:] if label_counts is not None else np.ones(num_classes)
+            w = inverse_frequency_weights(counts, 0.5 if weights == "inverse_sqrt_frequency" else 1.0)
+        else:
+            w = list(weights)
+        return cls(num_classes, class_weights=w, **lc)
+
+    def __init__(self, num_classes: int, *, ce_weight: float, lovasz_weight: float, negative_weight: float,
+                 class_weights: Sequence[float] | torch.Tensor | None, confidence_weighting: bool):
         super().__init__()
         self.num_classes = num_classes
         self.ce_weight, self.lovasz_weight, self.negative_weight = ce_weight, lovasz_weight, negative_weight

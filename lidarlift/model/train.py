@@ -35,7 +35,7 @@ import torch
 from lidarlift.tmpfiles import temporary_path
 from lidarlift.model.data import (AugmentConfig, ResidentSweeps, SweepDataset, TrainingDataError, check_supervision,
                                   collate_sweeps, groundtruth_refs, pseudolabel_refs, temporal_refs)
-from lidarlift.model.losses import SegmentationLoss, inverse_frequency_weights
+from lidarlift.model.losses import SegmentationLoss
 from lidarlift.model.unet import SparseUNet, UNetConfig, build_model, count_parameters
 
 log = logging.getLogger("lidarlift.model.train")
@@ -287,22 +287,6 @@ def epoch_order(n: int, seed: int, epoch: int, d: Dist) -> list[int]:
     return padded[d.rank::d.world].tolist()
 
 
-def _loss_for(cfg: TrainConfig, stats_counts: np.ndarray | None, num_classes: int) -> SegmentationLoss:
-    lc = dict(cfg.loss)
-    weights = lc.pop("class_weights")
-    if weights in (None, "none"):
-        w = None
-    elif weights in ("inverse_sqrt_frequency", "inverse_frequency"):
-        counts = stats_counts[1:] if stats_counts is not None else np.ones(num_classes)
-        w = inverse_frequency_weights(counts, 0.5 if weights == "inverse_sqrt_frequency" else 1.0)
-    elif isinstance(weights, (list, tuple)):
-        w = list(weights)
-    else:
-        raise ValueError(f"config key train.loss.class_weights: {weights!r} is not none, inverse_sqrt_frequency, "
-                         f"inverse_frequency or a list of {num_classes} numbers")
-    return SegmentationLoss(num_classes, class_weights=w, **lc)
-
-
 class _LossWindow:
     """The loss terms of the steps since the last flush, kept on the device so a step never waits for
     the GPU; :meth:`flush` reads them in one copy, stops on a non-finite loss (naming the epoch, step,
@@ -391,7 +375,7 @@ def train(cfg: TrainConfig, dataset: SweepDataset, out_dir: str | os.PathLike, *
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     model: torch.nn.Module = build_model(model_cfg).to(device)
-    criterion = _loss_for(cfg, label_counts, model_cfg.num_classes).to(device)
+    criterion = SegmentationLoss.from_config(model_cfg.num_classes, cfg.loss, label_counts).to(device)
     opt = _optimizer(cfg, model, device)
     steps_per_epoch = -(-len(epoch_order(len(dataset), cfg.seed, 0, d)) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lidarlift.config import section
 from lidarlift.shards import synthetic_scenes as scene_names  # the planner's list: one source
 from lidarlift.synth.dataroot import staged_world
 from lidarlift.synth.nuscenes_writer import NuScenesWriter
@@ -122,9 +123,12 @@ def layout_params(synth: dict, layout: str) -> dict:
 def generate(out_dir: str | Path, workers: int | None = None, **params) -> dict:
     """Generate a synthetic nuScenes-format world into ``out_dir`` (the dataroot).
 
-    ``params`` are the fields of :class:`~lidarlift.synth.world.WorldParams` (seed, scenes,
-    samples_per_scene, image_width, image_height, sensor -- the LiDAR preset, nuscenes32 | kitti64 |
-    os128 --, beams, version, class_frequency, ...); invalid values raise ValueError naming the parameter.
+    ``params`` are keys of the ``synth`` config section (seed, scenes, samples_per_scene, image_width,
+    image_height, sensor -- the LiDAR preset, auto | nuscenes32 | kitti64 | os128 --, beams,
+    class_frequency, ...; config/schema.yaml) and ``version`` (``dataset.version``); those not given
+    take the schema's defaults (:meth:`~lidarlift.synth.world.WorldParams.from_config`), and
+    ``sensor: auto`` is the nuScenes layout's ``nuscenes32`` (recorded so in world.json). Invalid values
+    raise ValueError naming the key.
     ``out_dir`` must be empty, absent or hold only a world the generator wrote (its marker, see
     :mod:`lidarlift.synth.dataroot`), else :class:`~lidarlift.synth.dataroot.ForeignDatarootError` (a
     ValueError naming the folder and ``dataset.kind: existing``) is raised and nothing is touched; the
@@ -132,10 +136,8 @@ def generate(out_dir: str | Path, workers: int | None = None, **params) -> dict:
     processes (default: the CPUs this process may use, for >= 4 scenes, else 1); the output does not depend on it.
     Returns {scenes, samples, sweeps, points, images, seconds, generation_seconds, bytes}.
     """
-    unknown = set(params) - {f.name for f in dataclasses.fields(WorldParams)}
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {sorted(unknown)}; known: {[f.name for f in dataclasses.fields(WorldParams)]}")
-    p = WorldParams(**params).validate()
+    synth = layout_params({k: v for k, v in params.items() if k != "version"}, "nuscenes")
+    p = WorldParams.from_config(synth, version=params.get("version")).validate()
     if workers is None:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         workers = min(cpus, p.scenes) if p.scenes >= 4 else 1
@@ -283,19 +285,21 @@ def _generate_scene(writer: NuScenesWriter, p: WorldParams, index: int, name: st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lidarlift.synth", description="Generate a synthetic nuScenes-format world.")
-    d = WorldParams()
+    d = section("synth")  # the defaults: config/schema.yaml
     ap.add_argument("--out", required=True, help="output dataroot")
-    ap.add_argument("--seed", type=int, default=d.seed)
-    ap.add_argument("--scenes", type=int, default=d.scenes)
-    ap.add_argument("--samples-per-scene", type=int, default=d.samples_per_scene)
-    ap.add_argument("--image-width", type=int, default=d.image_width)
-    ap.add_argument("--image-height", type=int, default=d.image_height)
-    ap.add_argument("--sensor", default=d.sensor, help="LiDAR preset: nuscenes32 (default) | kitti64 | os128")
-    ap.add_argument("--beams", type=int, default=d.beams, help="override the preset's beam count (spread uniformly)")
-    ap.add_argument("--version", default=d.version, choices=["v1.0-mini", "v1.0-trainval"])
-    ap.add_argument("--sweeps-before-first", type=int, default=d.sweeps_before_first)
-    ap.add_argument("--class-frequency", default="{}", help='JSON object, e.g. \'{"vehicle.car": 2.0}\'')
-    ap.add_argument("--no-guarantee-things", action="store_true", help="do not force every thing class into each scene")
+    ap.add_argument("--seed", type=int, default=d["seed"])
+    ap.add_argument("--scenes", type=int, default=d["scenes"])
+    ap.add_argument("--samples-per-scene", type=int, default=d["samples_per_scene"])
+    ap.add_argument("--image-width", type=int, default=d["image_width"])
+    ap.add_argument("--image-height", type=int, default=d["image_height"])
+    ap.add_argument("--sensor", default=d["sensor"],
+                    help="LiDAR preset: auto (default: nuscenes32, the nuScenes layout's) | nuscenes32 | kitti64 | os128")
+    ap.add_argument("--beams", type=int, default=d["beams"], help="override the preset's beam count (spread uniformly)")
+    ap.add_argument("--version", default=section("dataset")["version"], choices=["v1.0-mini", "v1.0-trainval"])
+    ap.add_argument("--sweeps-before-first", type=int, default=d["sweeps_before_first"])
+    ap.add_argument("--class-frequency", default=json.dumps(d["class_frequency"]), help='JSON object, e.g. \'{"vehicle.car": 2.0}\'')
+    ap.add_argument("--no-guarantee-things", action="store_true", help="do not force every thing class into each scene "
+                    "(default: synth.guarantee_things)")
     ap.add_argument("--workers", type=int, default=None, help="parallel scene processes (default: all CPUs for >= 4 scenes)")
     a = ap.parse_args(argv)
     try:
@@ -307,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                          image_width=a.image_width, image_height=a.image_height, sensor=a.sensor, beams=a.beams,
                          version=a.version,
                          sweeps_before_first=a.sweeps_before_first, class_frequency=freq,
-                         guarantee_things=not a.no_guarantee_things, workers=a.workers)
+                         guarantee_things=d["guarantee_things"] and not a.no_guarantee_things, workers=a.workers)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -90,7 +90,9 @@ KEYFRAME_PERIOD_S = 0.5
 
 @dataclass
 class WorldParams:
-    """Generator parameters. Call :meth:`validate` (``generate`` does) before use.
+    """Generator parameters: the ``synth`` config section plus ``version`` (``dataset.version``), built
+    by :meth:`from_config` -- config/schema.yaml holds every default and bound and describes each key.
+    Call :meth:`validate` (``generate`` does) before use.
 
     ``sensor`` names the LiDAR preset (:data:`lidarlift.synth.sensors.LIDAR_PRESETS`: ``nuscenes32``,
     ``kitti64``, ``os128``; ``auto``: the nuScenes layout's ``nuscenes32``, as the generator writes that
@@ -99,36 +101,50 @@ class WorldParams:
     ``beams``, ``azimuth_steps``, ``max_range``, ``range_noise``, ``dropout`` and ``noise_points``
     override the preset when set (``beams``: that many beams spread uniformly over the preset's
     elevation range); :attr:`lidar` is the resolved sensor.
-    ``samples_per_scene`` keyframes; ``sweeps_per_keyframe`` LiDAR sweeps per keyframe period (default:
+    ``samples_per_scene`` keyframes; ``sweeps_per_keyframe`` LiDAR sweeps per keyframe period (None:
     the sweeps of one 0.5 s keyframe period at the sensor's rotation rate -- 10 at 20 Hz, the keyframe
-    plus 9 sweeps in between); ``sweeps_before_first`` extra sweeps before the first keyframe (default
+    plus 9 sweeps in between); ``sweeps_before_first`` extra sweeps before the first keyframe (None:
     ``sweeps_per_keyframe - 1``, so every keyframe has a full set of previous sweeps).
     ``class_frequency`` multiplies the expected count of objects of a fine class (keys: fine class
     names of :data:`GENERATED_FINE_NAMES`); ``guarantee_things`` forces >= 1 instance of each of the
     ten challenge thing classes per scene.
+
+    The fields carry no defaults (the schema is the one place); their order is the order of the
+    ``params`` recorded in ``lidarlift_gt/<version>/world.json``.
     """
 
-    seed: int = 0
-    scenes: int = 10
-    samples_per_scene: int = 6
-    image_width: int = 480
-    image_height: int = 270
-    sensor: str = "nuscenes32"
-    beams: int | None = None
-    azimuth_steps: int | None = None
-    version: str = "v1.0-mini"
-    sweeps_per_keyframe: int | None = None
-    sweeps_before_first: int | None = None
-    max_range: float | None = None
-    range_noise: float | None = None
-    dropout: float | None = None
-    noise_points: float | None = None
-    ego_speed_min: float = 5.0
-    ego_speed_max: float = 10.0
-    guarantee_things: bool = True
-    class_frequency: Mapping[str, float] = field(default_factory=dict)
-    jpeg_quality: int = 90
-    cell_size: float = 0.5
+    seed: int
+    scenes: int
+    samples_per_scene: int
+    image_width: int
+    image_height: int
+    sensor: str
+    beams: int | None
+    azimuth_steps: int | None
+    version: str
+    sweeps_per_keyframe: int | None
+    sweeps_before_first: int | None
+    max_range: float | None
+    range_noise: float | None
+    dropout: float | None
+    noise_points: float | None
+    ego_speed_min: float
+    ego_speed_max: float
+    guarantee_things: bool
+    class_frequency: Mapping[str, float]
+    jpeg_quality: int
+    cell_size: float
+
+    @classmethod
+    def from_config(cls, cfg: Mapping | None = None, version: str | None = None) -> "WorldParams":
+        """The ``synth`` section ``cfg`` over config/schema.yaml's defaults, validated (errors name the
+        key, ``config key synth.beams: ...``), with ``version`` (default: ``dataset.version``'s default).
+        ``sensor: auto`` stays ``auto`` here (:attr:`lidar` resolves it); :func:`lidarlift.synth.generate`
+        records the layout's preset instead."""
+        from lidarlift.config import section, typed
+
+        version = section("dataset", {} if version is None else {"version": version})["version"]
+        return typed(cls, "synth", cfg, extra={"version": version})
 
     def validate(self) -> "WorldParams":
         """Raise ValueError naming the offending parameter; returns self."""
