@@ -1,11 +1,11 @@
 """Fit the propagation's log-odds tables, cue weights and thresholds on the tuning world only, and
 write them where the code reads them.
 
-    .venv/bin/python bench/fit_tuning.py                  # fit and write (about 2 minutes)
+    .venv/bin/python bench/fit_tuning.py                  # fit and write (about 4 minutes)
     .venv/bin/python bench/fit_tuning.py --check --cv     # fit, cross-validate, compare with what is written
 
-The tuning world is ``bench_worlds.TUNING`` (seed 1, nuScenes' 32-beam sensor, 8 scenes, the settings of
-``bench_worlds.SIZE``); the evaluation worlds of ``bench/bench_worlds.py`` are never read. The stages up
+The tuning world is ``bench_worlds.TUNING`` (seed 1, nuScenes' 32-beam sensor, 8 scenes x 6 keyframes,
+images of ``bench_worlds.SIZE``); the evaluation worlds of ``bench/bench_worlds.py`` are never read. The stages up
 to the masks and the simulated annotator's clicks run with the default config; then, with
 :mod:`lidarlift.pseudolabels.fit`:
 
@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp_path.write_text(json.dumps(doc, indent=1) + "\n")
     tmp_path.replace(pp.LOG_ODDS_PATH)
     write_defaults({k: getattr(p, k) for k in THRESHOLDS + (WEIGHTS if a.weights else ())})
-    print(f"wrote {pp.LOG_ODDS_PATH.relative_to(REPO)} and the defaults (propagate.py, config/schema.yaml, config/config.yaml)")
+    print(f"wrote {pp.LOG_ODDS_PATH.relative_to(REPO)} and the defaults (config/schema.yaml, config/config.yaml)")
     return 0
 
 
