@@ -58,11 +58,12 @@ class World:
 
 
 #: The tuning world is larger: the rarer flat classes (terrain, other flat ground) must meet each other
-#: there often enough for the fit to see their boundaries, and the thresholds fitted on 16 keyframes
-#: (8 scenes x 2) did not carry to the evaluation world of the same sensor (0.645 labelled at 0.977 on
-#: seed 2, bench/worlds.json of 2026-12-05), so it has the demo's 6 keyframes per scene (48 keyframes).
+#: there often enough for the fit to see their boundaries. (A tuning world of 8 scenes x 6 keyframes was
+#: tried on 2026-12-05: its fit raised the worst evaluation world's precision from 0.977 to 0.984 but
+#: lowered its coverage from 0.645 to 0.624, and its thresholds -- margin 3.5 -- left the road of the
+#: hand-built scenes of tests/test_pseudolabels.py and tests/test_active.py unlabelled.)
 WORLDS = (
-    World("tuning-nuscenes32-seed1", "nuscenes32", 1, "tuning", 8, samples=6),
+    World("tuning-nuscenes32-seed1", "nuscenes32", 1, "tuning", 8),
     World("eval-nuscenes32-seed2", "nuscenes32", 2, "evaluation", 5),
     World("eval-kitti64-seed3", "kitti64", 3, "evaluation", 5),
     World("eval-os128-seed4", "os128", 4, "evaluation", 5),

@@ -1,11 +1,11 @@
 """Fit the propagation's log-odds tables, cue weights and thresholds on the tuning world only, and
 write them where the code reads them.
 
-    .venv/bin/python bench/fit_tuning.py                  # fit and write (about 4 minutes)
+    .venv/bin/python bench/fit_tuning.py                  # fit and write (about 2 minutes)
     .venv/bin/python bench/fit_tuning.py --check --cv     # fit, cross-validate, compare with what is written
 
-The tuning world is ``bench_worlds.TUNING`` (seed 1, nuScenes' 32-beam sensor, 8 scenes x 6 keyframes,
-images of ``bench_worlds.SIZE``); the evaluation worlds of ``bench/bench_worlds.py`` are never read. The stages up
+The tuning world is ``bench_worlds.TUNING`` (seed 1, nuScenes' 32-beam sensor, 8 scenes x 2 keyframes,
+the settings of ``bench_worlds.SIZE``); the evaluation worlds of ``bench/bench_worlds.py`` are never read. The stages up
 to the masks and the simulated annotator's clicks run with the default config; then, with
 :mod:`lidarlift.pseudolabels.fit`:
 
