@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lidarlift.tmpfiles import temporary_path
+from lidarlift.tmpfiles import atomic_write
 
 MANIFEST_VERSION = 1
 
@@ -116,12 +116,8 @@ class Manifest:
         return Path(self.dataroot) / rel
 
     def to_json(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_path(path)
-        payload = {"manifest_version": MANIFEST_VERSION, **asdict(self)}
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
+        text = json.dumps({"manifest_version": MANIFEST_VERSION, **asdict(self)}, indent=1)
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @staticmethod
     def from_json(path: str | os.PathLike) -> "Manifest":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Callable
 
 
 def _alive(pid: int) -> bool:
@@ -36,3 +37,18 @@ def temporary_path(path: str | os.PathLike, prefix: str = "") -> Path:
                 else:
                     old.unlink(missing_ok=True)
     return path.with_name(f"{stem}{os.getpid()}")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], prefix: str = "") -> Path:
+    """Write an output file through ``write(tmp)`` under its :func:`temporary_path`, then rename it onto
+    ``path``; on an error the temporary file is removed and ``path`` keeps what it had. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path, prefix)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+    return path

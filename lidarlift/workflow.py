@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from lidarlift.tmpfiles import temporary_path
+from lidarlift.tmpfiles import atomic_write
 
 log = logging.getLogger("lidarlift")
 
@@ -52,11 +52,8 @@ def runtime_settings(smk: Any, section: str) -> dict[str, Any]:
 
 def write_json(path: str | os.PathLike, payload: Any) -> None:
     """Write JSON atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_jsonable))
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=2, sort_keys=False, default=_jsonable)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def read_json(path: str | os.PathLike) -> Any:

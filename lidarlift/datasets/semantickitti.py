@@ -105,11 +105,11 @@ def read_poses(path: Path) -> np.ndarray:
 
 def build_manifest(cfg: dict[str, Any]) -> Manifest:
     """Manifest of every frame of every sequence under ``cfg['dataroot']/sequences`` (one shard each)."""
+    import cv2
+
     from . import dataset_section
 
     cfg = dataset_section(cfg)
-    import cv2
-
     root = Path(cfg["dataroot"])
     names = existing_sequence_names(root)
     keep = set(cfg.get("scenes") or [])

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from lidarlift.tmpfiles import temporary_path
 from lidarlift.classes import CHALLENGE_CLASSES
+from lidarlift.tmpfiles import atomic_write
 
 #: MixSup cluster-label class ids by challenge class name (PointSAM-for-MixSup BIN_CLASSES).
 CLUSTER_CLASSES: dict[str, int] = {
@@ -59,12 +59,8 @@ class ExportError(ValueError):
 
 
 def _atomic_write(path: Path, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path, prefix=".")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
+    """An exported file, written under a hidden temporary name (``.<name>.tmp-<pid>``) and renamed."""
+    return atomic_write(path, write, prefix=".")
 
 
 # --- nuScenes ------------------------------------------------------------------------------

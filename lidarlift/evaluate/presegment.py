@@ -98,6 +98,7 @@ def _instance_counts(seg: np.ndarray, in_seg: np.ndarray, lab: np.ndarray, inst:
     for sg, members in pairs.items():
         for ii, cnt in members.items():
             by_inst.setdefault(ii, {})[sg] = cnt
+    inst_class, inst_range = _instance_class_and_range(inst, lab, rng)
     for i in eligible.tolist():
         n = inst_segmented.get(i, 0)
         if n == 0:
@@ -110,20 +111,35 @@ def _instance_counts(seg: np.ndarray, in_seg: np.ndarray, lab: np.ndarray, inst:
         others = [j for j, cnt in pairs[own].items() if j != i and cnt >= split_min_share * inst_segmented[j]]
         stuffy = bool(seg_stuff[own] > MERGE_STUFF_SHARE * seg_points[own])
         merged = bool(others) or stuffy
-        own_mask = inst == i
-        far = float(np.mean(rng[own_mask])) >= FAR_M
-        cls = int(np.bincount(lab[own_mask]).argmax())
+        far = inst_range[i] >= FAR_M
+        cls = inst_class[i]
         per_class = out["merged_by_class"].setdefault(space.classes[cls - 1], [0, 0])
         per_class[0] += int(merged)
         per_class[1] += 1
         if merged:  # the first cause that applies: another instance of the class, of another class, stuff
-            other_classes = {int(np.bincount(lab[inst == j]).argmax()) for j in others}
+            other_classes = {inst_class[j] for j in others}
             cause = "same_class" if cls in other_classes else "other_class" if other_classes else "stuff"
             out["merged_by_cause"][cause] += 1
         out["instances_merged"] += int(merged)
         out["instances_far"] += int(far)
         out["instances_far_merged"] += int(merged and far)
     return out
+
+
+def _instance_class_and_range(inst: np.ndarray, lab: np.ndarray, rng: np.ndarray) -> tuple[dict[int, int], dict[int, float]]:
+    """Per instance id (> 0): its majority class (the smallest on a tie) and the mean range of its
+    points, in one pass over the points."""
+    has = inst > 0
+    ids, idx = np.unique(inst[has], return_inverse=True)
+    mean_range = np.bincount(idx, weights=rng[has]) / np.bincount(idx)
+    pair, count = np.unique(np.stack([idx, lab[has]], 1), axis=0, return_counts=True)
+    best: dict[int, tuple[int, int]] = {}
+    for (k, c), n in zip(pair.tolist(), count.tolist()):  # ascending class within an instance
+        if k not in best or n > best[k][0]:
+            best[k] = (n, c)
+    ids_list = ids.tolist()
+    return ({ids_list[k]: c for k, (_, c) in best.items()},
+            {i: float(r) for i, r in zip(ids_list, mean_range.tolist())})
 
 
 def presegment_figures(c: dict[str, Any]) -> dict[str, Any]:

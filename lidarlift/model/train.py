@@ -32,7 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from lidarlift.tmpfiles import temporary_path
+from lidarlift.tmpfiles import atomic_write
 from lidarlift.model.data import (AugmentConfig, ResidentSweeps, SweepDataset, TrainingDataError, check_supervision,
                                   collate_sweeps, groundtruth_refs, pseudolabel_refs, temporal_refs)
 from lidarlift.model.losses import SegmentationLoss
@@ -178,10 +178,7 @@ def resolve_device(name: str, d: Dist) -> torch.device:
 # ------------------------------------------------------------------------------------ checkpoints
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _torch_load(path: Path, what: str) -> dict[str, Any]:
