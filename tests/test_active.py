@@ -141,3 +141,31 @@ def test_bad_next_clicks_answers_name_the_line(tmp_path):
 
 def test_round_budgets_spend_exactly_the_budget():
     assert active.round_budgets(10, 3) == [4, 3, 3] and active.round_budgets(2, 3) == [1, 1, 0]
+
+
+
+def test_novel_click_goes_to_the_object_that_stands_alone():
+    """A wall cut into pre-segments 1.2 m wide (each small enough to be a novel unit, but fragments of a
+    16 m object) and a board of the same shape and points as one piece (a sign, 1.2 m wide, 4 m tall)
+    standing 4 m from everything: the board stands alone (its cluster of points is at most OBJECT_MAX_M
+    across), the wall's pieces do not; with the road, both cars and the cone clicked, the one novel
+    click goes to the board, not to a piece of the wall that looks the same."""
+    ev, truth, _ = scene()
+    wall = truth == S.index("manmade")
+    seg = ev.segment_id.copy()
+    seg[wall] = 10 + ((ev.xyz[wall, 1] + 8) // 1.2).astype(np.int32)  # the wall in pieces 1.2 m wide
+    piece = np.flatnonzero(seg == 12)
+    board = ev.xyz[piece] + np.asarray((-4.0, 12.0, 0.0), np.float32)  # x 28 (wall at 32), y 2.4..3.6 -> 14.4..15.6
+    k = len(board)
+    ev = Evidence(xyz=np.r_[ev.xyz, board].astype(np.float32), ground=np.r_[ev.ground, np.zeros(k, bool)],
+                  segment_id=np.r_[seg, np.full(k, 99)].astype(np.int32),
+                  ground_cell=np.r_[ev.ground_cell, np.full(k, -1)].astype(np.int32), fov=np.ones(ev.n + k, bool))
+    truth = np.r_[truth, np.full(k, S.index("manmade"))].astype(np.uint8)
+    on_board = np.r_[np.zeros(len(seg), bool), np.ones(k, bool)]
+    chooser = active.KeyframeChooser(ev, S, GRAPH, ck.click_rng(0, "s"))
+    assert chooser._alone(np.flatnonzero(on_board))
+    assert not any(chooser._alone(np.flatnonzero(ev.segment_id == s)) for s in np.unique(seg[wall]))
+    parts = [np.flatnonzero((truth == S.index(c)) & (ev.segment_id == s)) for c, s in PARTS if c != "manmade"]
+    first = np.sort([p[len(p) // 2] for p in parts])
+    p, _ = chooser.propose(ck.SampleClicks(first, truth[first]), 1, min_novel=1)
+    assert p.reason == ["novel"] and on_board[p.point_index[0]]
