@@ -259,7 +259,7 @@ class KeyframeChooser:
             members = members[~asked[members]]
             if len(members) >= MIN_REGION_POINTS:
                 reason = "candidates" if ambiguous[members].mean() > 0.5 else "unreached"
-                cands.append(Candidate(members, reason, float(len(members))))
+                cands.append(Candidate(members, reason, float(len(members)), ground=bool(ev.ground[members[0]])))
         # labelled structure regions: a label that travelled far inside one may have crossed a class
         # change the evidence hardly shows (touching objects, a road into a kerbless pavement). Value:
         # their size (the uniform protocol's D'Hondt rule) and the propagation's own doubt (1 -
@@ -456,13 +456,17 @@ class Candidate:
     clicked: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     doubt: np.ndarray | None = None  # (m,) of the members, for placing further clicks
     alone: bool = False  # a novel unit that stands alone (:meth:`KeyframeChooser._alone`)
+    ground: bool = False  # an open region of ground points: one click a round (:func:`_dhondt`)
     placed: list[int] = field(default_factory=list)
 
 
 def _dhondt(cands: list[Candidate], n: int, rng: np.random.Generator) -> list[tuple[int, int]]:
     """``n`` picks (candidate index, its k-th click this round): the highest value / (clicks held + k + 1)
     (D'Hondt: a large open region may hold two classes the graph joins, so it may get a second click
-    before the next round), a ``disagree`` region at most once; ties broken at random."""
+    before the next round), a ``disagree`` region and an open ground region at most once (the ground
+    appearances already split the ground where its look changes; whether a ground region holds a second
+    class shows in the next round's propagation, and its further clicks did better elsewhere on the
+    tuning world); ties broken at random."""
     if n <= 0:
         return []
     tie = rng.random(len(cands))
@@ -473,7 +477,7 @@ def _dhondt(cands: list[Candidate], n: int, rng: np.random.Generator) -> list[tu
         _, t, i, k = heapq.heappop(heap)
         out.append((i, k))
         c = cands[i]
-        if c.reason != "disagree" and k + 1 < len(c.members):
+        if c.reason != "disagree" and not c.ground and k + 1 < len(c.members):
             heapq.heappush(heap, (-c.value / (len(c.clicked) + k + 2), t, i, k + 1))
     return out
 
