@@ -24,7 +24,9 @@ correct (its *value*):
 colour (:func:`appearance_clusters`; one cluster per flat class of the label space on the ground), the
 cue that tells the flat classes apart where the graph lets a label through.
 
-A round's clicks go to the highest values, except a share of them (:data:`NOVEL_SHARE` of the round's
+A round's clicks go to the highest values (D'Hondt: a region's k-th click this round is worth its value
+/ k, except that an open ground region gets one click a round: whether it holds a second class shows in
+the next round's propagation), except a share of them (:data:`NOVEL_SHARE` of the round's
 clicks, at least one in every round of more than one click, from the first round on) which goes to
 **novel units** instead: the open points of one non-ground pre-segment (the ``presegment`` store's
 ``segment_id``), of at least :data:`NOVEL_MIN_POINTS` points and at most :data:`OBJECT_MAX_M` across
@@ -45,10 +47,11 @@ Regions holding a point answered ``ignore`` are not proposed again. The choice i
 by the config seed and the sample token).
 
 The constants below were set on the tuning world (seed 5: ``bench/bench_clicks.py --seed 5 --work
-/tmp/clicks_tune``, ``NOVEL_SHARE`` 0.2 against 0.1, 0.3 and 0.4; ``ALONE_WEIGHT`` 1.25 against 1 (no
+/tmp/clicks_tune``, ``NOVEL_SHARE`` 0.2 against 0.1, 0.3 and 0.4 (0.3 again with the two rules below); ``ALONE_WEIGHT`` 1.25 against 1 (no
 such weight), 1.5, 2 and 3, the most correctly labelled points at 0.05 % with a motorcycle reached at
-0.1 %; ``OBJECT_LINK_M`` and ``OBJECT_LINK_BEAMS`` were set by eye on seed 5's cars and not swept),
-never on the bench world (seed 11).
+0.1 %; ``OBJECT_LINK_M`` and ``OBJECT_LINK_BEAMS`` were set by eye on seed 5's cars and not swept;
+one click a round for open ground regions against their later clicks weighted 1 (plain D'Hondt), 0.5 and
+0.25 and against one click a round for every open region), never on the bench world (seed 11).
 """
 from __future__ import annotations
 
