@@ -47,11 +47,12 @@ Regions holding a point answered ``ignore`` are not proposed again. The choice i
 by the config seed and the sample token).
 
 The constants below were set on the tuning world (seed 5: ``bench/bench_clicks.py --seed 5 --work
-/tmp/clicks_tune``, ``NOVEL_SHARE`` 0.2 against 0.1, 0.3 and 0.4 (0.3 again with the two rules below); ``ALONE_WEIGHT`` 1.25 against 1 (no
-such weight), 1.5, 2 and 3, the most correctly labelled points at 0.05 % with a motorcycle reached at
-0.1 %; ``OBJECT_LINK_M`` and ``OBJECT_LINK_BEAMS`` were set by eye on seed 5's cars and not swept;
-one click a round for open ground regions against their later clicks weighted 1 (plain D'Hondt), 0.5 and
-0.25 and against one click a round for every open region), never on the bench world (seed 11).
+/tmp/clicks_tune``), never on the bench world (seed 11): ``NOVEL_SHARE`` 0.2 against 0.1, 0.3 and 0.4
+(0.3 again with the two rules that follow); ``ALONE_WEIGHT`` 1.25 against 1 (no such weight), 1.5, 2
+and 3, the most correctly labelled points at 0.05 % with a motorcycle reached at 0.1 %;
+``OBJECT_LINK_M`` and ``OBJECT_LINK_BEAMS`` by eye on seed 5's cars (not swept); one click a round for
+open ground regions against their later clicks weighted 1 (plain D'Hondt), 0.5 and 0.25 and against
+one click a round for every open region.
 """
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ OBJECT_MAX_M = 3.0
 #: a novel unit's worth is its distance in shape and look space times its points to this power
 NOVEL_SIZE_POWER = 0.5
 #: non-ground points closer than this (m) are one object (Euclidean clustering): a novel unit whose object
-#: is at most OBJECT_MAX_M across *stands alone* (a cone, a pedestrian, a motorcycle) and is asked about
-#: before the units that are fragments of something larger (a car, a trailer, a wall: the value ranking
+#: is at most OBJECT_MAX_M across *stands alone* (a cone, a pedestrian, a motorcycle) and counts more
+#: than a unit that is a fragment of something larger (a car, a trailer, a wall: the value ranking
 #: reaches those)
 OBJECT_LINK_M = 0.5
 #: ... or this many beams at the point's range, if more (the rings of a far object lie a beam apart)
@@ -370,7 +371,7 @@ class KeyframeChooser:
         # a click's worth: how unlike everything clicked the unit is, times the points it labels
         # (to the power NOVEL_SIZE_POWER: a few-point fragment is an outlier of shape by noise alone)
         size = np.array([len(u.members) for u in units], np.float64) ** NOVEL_SIZE_POWER
-        # units that stand alone first: a fragment of a larger thing is reached by the value ranking
+        # a unit that stands alone counts more: a fragment of a larger thing is reached by the value ranking
         size = size * np.where(alone, ALONE_WEIGHT, 1.0)
         while len(chosen) < min(k, len(units)):
             best = int(np.argmax(d * size + 1e-9 * self.rng.random(len(d))))
