@@ -113,18 +113,8 @@ def _host() -> dict:
             "machine": platform.machine(), "cpus": os.cpu_count()}
 
 
-def acceptance(seed: int, out: Path, extra: list[str], cores: int, json_path: Path) -> int:
-    results = out / "results"
-    config = [f"results={results}", f"dataset={{dataroot: {out / 'world'}}}", f"synth={{seed: {seed}}}", *RUN_CONFIG, *extra]
-    cmd = [str(REPO / ".venv" / "bin" / "snakemake"), "--cores", str(cores), "--config", *config, "--",
-           str(results / "summary.json")]
-    print("running:", " ".join(cmd))
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(proc.stdout[-3000:], proc.stderr[-6000:], file=sys.stderr)
-        return proc.returncode
+def record(results: Path, seed: int | None, wall: float | None, config: list[str], command: str) -> dict:
+    """The acceptance row of a finished run (its ``summary.json`` and both networks' metrics)."""
     summary = json.loads((results / "summary.json").read_text())
     tq = (summary.get("pseudolabels") or {}).get("temporal") or {}
     prod = summary.get("temporal") or {}
@@ -138,7 +128,7 @@ def acceptance(seed: int, out: Path, extra: list[str], cores: int, json_path: Pa
         "temporal_seconds_per_sweep": prod.get("seconds_per_sweep"),
         "train": {k: {"sweeps": m.get("sweeps"), "temporal_sweeps": m.get("temporal_sweeps"), "steps": m.get("steps"),
                       "seconds": m.get("seconds")} for k, m in train.items()},
-        "dag_wall_seconds": round(wall, 1), "config": config, "command": " ".join(cmd),
+        "dag_wall_seconds": None if wall is None else round(wall, 1), "config": config, "command": command,
         "acceptance": {"per_keyframe_label_goal": 5.0, "precision_goal": 0.98,
                        "met": bool((tq.get("sweep_points_labelled_per_keyframe_point") or 0) >= 5.0
                                    and (tq.get("precision") or 0) >= 0.98
@@ -146,6 +136,10 @@ def acceptance(seed: int, out: Path, extra: list[str], cores: int, json_path: Pa
                                    and tq["miou_with"] > tq["miou_without"])},
         **_host(),
     }
+    return row
+
+
+def report(row: dict, json_path: Path) -> None:
     width = 44
     for key in ("seed", "sweeps", "sweep_points_labelled_per_keyframe_point", "precision", "labelled_share", "miou_labels",
                 "miou_with", "miou_without", "miou_gain", "temporal_seconds_per_sweep", "dag_wall_seconds"):
@@ -155,6 +149,21 @@ def acceptance(seed: int, out: Path, extra: list[str], cores: int, json_path: Pa
     print(f"{'acceptance met':<{width}} {row['acceptance']['met']}")
     json_path.write_text(json.dumps(row, indent=1))
     print(f"written {json_path}")
+
+
+def acceptance(seed: int, out: Path, extra: list[str], cores: int, json_path: Path) -> int:
+    results = out / "results"
+    config = [f"results={results}", f"dataset={{dataroot: {out / 'world'}}}", f"synth={{seed: {seed}}}", *RUN_CONFIG, *extra]
+    cmd = [str(REPO / ".venv" / "bin" / "snakemake"), "--cores", str(cores), "--config", *config, "--",
+           str(results / "summary.json")]
+    print("running:", " ".join(cmd))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(proc.stdout[-3000:], proc.stderr[-6000:], file=sys.stderr)
+        return proc.returncode
+    report(record(results, seed, wall, config, " ".join(cmd)), json_path)
     return 0
 
 
@@ -166,11 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", action="append", default=[], help="extra DAG config, KEY=VALUE as snakemake --config takes it")
     ap.add_argument("--cores", type=int, default=2)
     ap.add_argument("--json", default=str(REPO / "bench" / "temporal.json"))
+    ap.add_argument("--collect", default=None, help="results folder of a finished run (e.g. the GPU run of "
+                    "bench/gpu_dag.py --config ... results=...): its row instead of a new run")
+    ap.add_argument("--wall", type=float, default=None, help="--collect: the run's wall seconds")
+    ap.add_argument("--command", default=None, help="--collect: the command that made the run")
     ap.add_argument("--tune", default=None, help="results folder of a seed-0 run: the tuning grid instead")
     ap.add_argument("--tune-shards", type=int, default=4, help="--tune: the first this many train shards (0 = all)")
     a = ap.parse_args(argv)
     if a.tune:
         return tune(Path(a.tune), REPO / "bench" / "temporal_tuning.json", a.tune_shards)
+    if a.collect:
+        report(record(Path(a.collect), a.seed, a.wall, a.config, a.command or ""), Path(a.json))
+        return 0
     if a.seed == 0:
         print("seed 0 is the tuning world: report on another seed", file=sys.stderr)
         return 2

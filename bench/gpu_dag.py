@@ -26,17 +26,24 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "gpu.yaml"
 
 
-def results_dir() -> Path:
+def results_dir(extra: list[str] = ()) -> Path:
+    """The run's results folder: config/gpu.yaml's ``results``, or a ``results=...`` of the extra config."""
     import yaml
 
+    for item in extra:
+        if item.startswith("results="):
+            return REPO / item.split("=", 1)[1]
     return REPO / yaml.safe_load(CONFIG.read_text())["results"]
 
 
-def run(timeout: float, cores: int, gpus: int) -> int:
-    """Run (or resume) the DAG; returns Snakemake's exit code (124 when stopped at the timeout). The
-    generator gets every core (the profile sizes it for 2)."""
+def run(timeout: float, cores: int, gpus: int, extra: list[str] = ()) -> int:
+    """Run (or resume) the DAG, with ``extra`` config (``KEY=VALUE`` as ``snakemake --config`` takes it)
+    over config/gpu.yaml; returns Snakemake's exit code (124 when stopped at the timeout). The generator
+    gets every core (the profile sizes it for 2)."""
     base = [sys.executable, "-m", "snakemake", "--profile", "profiles/default", "--configfile", str(CONFIG),
             "--cores", str(cores), "--resources", f"gpu={gpus}", "--set-threads", f"synth={cores}"]
+    if extra:
+        base += ["--config", *extra]
     subprocess.run(base + ["--unlock"], cwd=REPO, capture_output=True)
     t0 = time.time()
     proc = subprocess.Popen(base + ["--rerun-incomplete", "--keep-going"], cwd=REPO, start_new_session=True)
@@ -70,10 +77,10 @@ def rule_seconds(bench_dir: Path) -> dict[str, dict[str, float]]:
     return dict(out)
 
 
-def collect(out_path: Path, wall_s: float | None) -> dict:
+def collect(out_path: Path, wall_s: float | None, extra: list[str] = ()) -> dict:
     import torch
 
-    res = results_dir()
+    res = results_dir(extra)
     summary = json.loads((res / "summary.json").read_text())
     keys = ("miou", "miou_rounds", "miou_full_supervision", "ratio_to_full", "chance_miou", "pseudolabel_miou_rounds",
             "pseudolabel_coverage_rounds", "pseudolabel_precision_rounds", "train_seconds_rounds",
@@ -119,18 +126,20 @@ def main() -> int:
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 16)
     ap.add_argument("--gpus", type=int, default=1)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "gpu_dag.json")
+    ap.add_argument("--config", nargs="*", default=[], help="extra DAG config over config/gpu.yaml, KEY=VALUE as "
+                    "snakemake --config takes it (a results=... moves the run; bench/bench_temporal.py --collect reads it)")
     ap.add_argument("--wall-file", type=Path, default=None, help="accumulate wall seconds of --run calls here")
     a = ap.parse_args()
     rc = 0
     if a.run:
         t0 = time.time()
-        rc = run(a.timeout, a.cores, a.gpus)
+        rc = run(a.timeout, a.cores, a.gpus, a.config)
         if a.wall_file:
             prev = float(a.wall_file.read_text()) if a.wall_file.exists() else 0.0
             a.wall_file.write_text(str(prev + time.time() - t0))
     if a.collect:
         wall = float(a.wall_file.read_text()) if a.wall_file and a.wall_file.exists() else None
-        rec = collect(a.out, wall)
+        rec = collect(a.out, wall, a.config)
         print(json.dumps({k: rec[k] for k in ("device", "training", "evaluation", "wall_seconds")}, indent=1))
     return rc
 
