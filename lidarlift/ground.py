@@ -153,7 +153,7 @@ class CellPlaneParams:
 
     cell_range: float  # m
     cell_angle: float  # x pi rad
-    sensor_height: float  # ground at z = -sensor_height by the car (nuScenes LIDAR_TOP; synthetic world)
+    sensor_height: float | None  # ground at z = -sensor_height by the car (m); None: measured (estimate_sensor_height)
     window: float  # candidates lie within this of the height predicted from the inner ring (m)
     seed_quantile: float  # a cell's low reference is this quantile of its candidates' height ...
     seed_height: float  # ... and its seeds lie up to this above it (m)
@@ -170,6 +170,73 @@ class CellPlaneParams:
     structure_top: float  # a column holds a structure when a point lies above ``above`` and below this (m)
     tight: float  # in such a column only points this close over the plane stay ground (m)
     sweep_min_dist: float
+
+
+#: estimate_sensor_height: the ground by the car is sought out to this many times the range where the
+#: lowest beam meets it (3.1 m for nuScenes' HDL-32E at 1.84 m), i.e. among the returns whose ray falls
+#: at least 1/NEAR_FACTOR as steeply as the lowest beam's ...
+NEAR_FACTOR = 4.0
+#: ... along the scan's columns (azimuth sectors this many per turn), where two returns next in range
+#: are a flat step when they rise at most FLAT_SLOPE per metre between them ...
+HEIGHT_SECTORS = 720
+FLAT_SLOPE = 0.15
+#: ... in a histogram of z with bins this wide (m); the estimate is the median z within HEIGHT_BAND of its mode
+HEIGHT_BIN = 0.04
+HEIGHT_BAND = 0.06
+#: ... of its lowest peak of at least this share of the highest
+LOW_PEAK = 0.3
+
+
+def estimate_sensor_height(xyz: np.ndarray) -> float:
+    """The LiDAR's height over the ground by the car (m), measured from the sweep.
+
+    The ground is the one horizontal surface that fills the innermost rings. Among the returns whose ray
+    falls at least 1/:data:`NEAR_FACTOR` as steeply as the lowest beam's (the 0.5th percentile of z / range
+    beyond 1 m below the sensor; the car's own body returns, where a file keeps them, lie inside 1 m) --
+    on the ground, out to NEAR_FACTOR times the range where the lowest beam meets it --, the returns of each
+    azimuth column (:data:`HEIGHT_SECTORS` per turn) are taken in order of range; two neighbours that rise
+    at most :data:`FLAT_SLOPE` per metre are a flat step, which stands for the area ``range x step`` of
+    the surface it lies on. The estimate is minus the area-weighted median z of the flat steps within
+    :data:`HEIGHT_BAND` of the mode of their area-weighted z histogram (:data:`HEIGHT_BIN` bins,
+    [1, 2, 1]-smoothed). A wall or a truck's flank beside the car, however many returns it gives, has no
+    flat steps; a car roof has a few metres of them against the ground's whole disc. The rule holds for
+    any mount (KITTI's car: 1.73 m, nuScenes': 1.84 m) and beam layout: the window is set by where the
+    lowest beam meets the ground, not by a distance."""
+    xyz = np.asarray(xyz, np.float64)
+    rho = np.hypot(xyz[:, 0], xyz[:, 1])
+    low = (rho > 1.0) & (xyz[:, 2] < 0)
+    if low.sum() < 10:
+        raise ValueError("cannot measure the sensor height: fewer than 10 returns below the sensor beyond 1 m "
+                         "(set presegment.fast.ground.sensor_height)")
+    # the lowest beam's slope (0.5th percentile: spurious returns below it are rarer); the window ends where
+    # a ray NEAR_FACTOR times shallower meets the ground, whatever the returns nearest the car hit
+    slope = xyz[:, 2] / np.maximum(rho, 1e-9)
+    near = np.flatnonzero(low & (slope <= float(np.quantile(slope[low], 0.005)) / NEAR_FACTOR))
+    x, y, z, r = xyz[near, 0], xyz[near, 1], xyz[near, 2], rho[near]
+    sec = ((np.arctan2(y, x) + np.pi) * (HEIGHT_SECTORS / (2 * np.pi))).astype(np.int64)
+    order = np.lexsort((r, sec))
+    z, r, sec = z[order], r[order], sec[order]
+    dr, dz = np.diff(r), np.diff(z)
+    flat = (sec[1:] == sec[:-1]) & (dr > 0) & (np.abs(dz) <= FLAT_SLOPE * dr)
+    if not flat.any():
+        raise ValueError("cannot measure the sensor height: no flat ground by the car "
+                         "(set presegment.fast.ground.sensor_height)")
+    zm = 0.5 * (z[1:] + z[:-1])[flat]
+    w = (0.5 * (r[1:] + r[:-1]) * dr)[flat]
+    lo = float(zm.min())
+    hist = np.bincount(((zm - lo) / HEIGHT_BIN).astype(np.int64), weights=w)
+    smooth = np.convolve(hist, [1.0, 2.0, 1.0])[1:-1]  # aligned with hist, whatever its length
+    # the lowest peak of at least LOW_PEAK of the highest: the road under the car, not a kerb-high
+    # pavement or verge that may fill more of the window
+    i = int(np.argmax(smooth >= LOW_PEAK * smooth.max()))
+    while i + 1 < len(smooth) and smooth[i + 1] > smooth[i]:
+        i += 1
+    mode = lo + (i + 0.5) * HEIGHT_BIN
+    band = np.abs(zm - mode) <= HEIGHT_BAND
+    zb, wb = zm[band], w[band]
+    k = np.argsort(zb)
+    cw = np.cumsum(wb[k])
+    return float(-zb[k][np.searchsorted(cw, 0.5 * cw[-1])])
 
 
 def polar_cells(xyz: np.ndarray, cell_range: float, cell_angle: float) -> tuple[np.ndarray, np.ndarray, int]:
@@ -209,7 +276,8 @@ def cell_plane_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: CellPlan
                       return_height: bool = False):
     """Ground of a keyframe by one robust plane per polar cell, fitted ring by ring outwards.
 
-    Every sector starts from a level plane at ``-sensor_height``. For ring r, all sectors at once:
+    Every sector starts from a level plane at ``-sensor_height`` (measured from the keyframe by
+    :func:`estimate_sensor_height` when it is None). For ring r, all sectors at once:
     candidates are the points within ``window`` of the height the inner ring's plane predicts; seeds
     are the candidates up to ``seed_height`` above the cell's ``seed_quantile`` candidate height; a
     ridge-regularised least-squares plane through the seeds is refitted ``refits`` times on the points
@@ -241,7 +309,8 @@ def cell_plane_ground(xyz_key: np.ndarray, sweeps: list[np.ndarray], p: CellPlan
     resid = np.empty(len(agg))
     # plane of every sector of the ring inside: level at the sensor height to begin with
     pa, pb = np.zeros(n_sec), np.zeros(n_sec)
-    pmx, pmy, pmz = np.zeros(n_sec), np.zeros(n_sec), np.full(n_sec, -p.sensor_height)
+    height = p.sensor_height if p.sensor_height is not None else estimate_sensor_height(xyz_key)
+    pmx, pmy, pmz = np.zeros(n_sec), np.zeros(n_sec), np.full(n_sec, -height)
     for r in range(len(ring_starts) - 1):
         idx = order[ring_starts[r]:ring_starts[r + 1]]
         if len(idx) == 0:

@@ -389,7 +389,7 @@ def test_lidar_presets_fire_like_the_real_sensors(sensor):
     counts = []
     for index in (0, 1):
         caster = SceneCaster(build_scene(p, index))
-        sweep = cast_sweep(caster, p, 0.55, np.random.default_rng(index), lidar_calib())
+        sweep = cast_sweep(caster, p, 0.55, np.random.default_rng(index), lidar_calib(spec.mount_height))
         counts.append(len(sweep.points))
         ring = sweep.points[:, 4]
         assert ring.min() >= 0 and ring.max() <= spec.beams - 1 and np.array_equal(ring, np.round(ring))

@@ -43,7 +43,7 @@ def _scene_job(args: tuple) -> tuple[dict, dict]:
     root, p, index, name, split = args
     t0 = time.perf_counter()
     writer = NuScenesWriter(root, p.version, p.seed)
-    info = _generate_scene(writer, p, index, name, lidar_calib(), camera_rig(p.image_width, p.image_height),
+    info = _generate_scene(writer, p, index, name, lidar_calib(p.lidar.mount_height), camera_rig(p.image_width, p.image_height),
                            camera_time_offsets(p.sweep_period))
     info.update(split=split, seconds=round(time.perf_counter() - t0, 2))
     return info, {t: writer.tables[t] for t in SCENE_TABLES}
