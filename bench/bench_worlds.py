@@ -126,8 +126,16 @@ def build_world(world: World, root: Path, size: dict[str, int]) -> Path:
                 **{**size, **({"samples_per_scene": world.samples} if world.samples else {})})
     info = out / "lidarlift_gt" / VERSION / "world.json"
     if info.exists():
-        have = json.loads(info.read_text())["params"]
-        if all(have.get(k) == v for k, v in want.items()):
+        import dataclasses
+
+        from lidarlift.synth.world import WorldParams
+
+        rec = json.loads(info.read_text())
+        have = rec["params"]
+        # the sensor as the generator resolves it now (a preset may have changed: beams, mount height)
+        lidar = json.loads(json.dumps(dataclasses.asdict(WorldParams.from_config({"sensor": world.sensor}).validate().lidar)))
+        have_lidar = {"mount_height": 1.84, **rec.get("lidar", {})}  # worlds written before presets had mounts: 1.84 m
+        if all(have.get(k) == v for k, v in want.items()) and all(have_lidar.get(k) == v for k, v in lidar.items()):
             return out
         shutil.rmtree(out)
     generate(out, workers=1, **want)
