@@ -45,7 +45,7 @@ import numpy as np
 
 from lidarlift import artifacts as A
 from lidarlift.datasets.readers import DatasetError, read_lidar
-from lidarlift.ground import CellPlaneParams, IupcGroundParams, cell_plane_ground, iupc_ground, sweep_to_keyframe
+from lidarlift.ground import CellPlaneParams, GroundError, IupcGroundParams, cell_plane_ground, iupc_ground, sweep_to_keyframe
 from lidarlift.manifest import Manifest, SampleRecord, as_matrix
 from lidarlift.scan import ScanResolution, read_sweep, resolve_resolution
 from lidarlift.workflow import write_json
@@ -711,7 +711,16 @@ def run_shard(manifest_path: str, shard: str, store_path: str, stats_path: str |
         sweeps = read_sweeps(manifest, sample, p.sweeps_for(m), bad_sample_policy, skipped)
         xyz = pts[:, :3]
         t0, c0 = time.perf_counter(), time.process_time()
-        res = METHODS[m](xyz, [sw for sw, _ in sweeps], p, threads, scan=scan)
+        try:
+            res = METHODS[m](xyz, [sw for sw, _ in sweeps], p, threads, scan=scan)
+        except GroundError as e:  # e.g. no ground below the sensor to measure its height from
+            err = DatasetError(f"sample {sample.token}: lidar file {path}: {e}")
+            if bad_sample_policy == "error":
+                raise err from e
+            log.warning("skipping keyframe: %s", err)
+            skipped.append({"sample": sample.token, "file": str(path), "reason": str(err)})
+            results.append(Presegmentation.empty())
+            continue
         dt, dc = time.perf_counter() - t0, time.process_time() - c0
         for k, v in (("sweeps", 1), ("input_points", len(xyz)), ("seconds", dt), ("cpu_seconds", dc),
                      ("read_seconds", read_key + sum(t for _, t in sweeps))):

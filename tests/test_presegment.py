@@ -433,3 +433,20 @@ def test_slope_continuity_tells_a_grazing_surface_from_a_depth_jump():
     # 12 -> 20 (and its neighbours, whose steps differ from it) is a jump between runs
     beta = np.degrees(angle_criterion(r, i, right[i], np.radians(0.145)))
     assert (beta[:4] < 10).all() and beta[4] < 1 and (beta[5:] > 89).all()
+
+
+def test_a_keyframe_without_ground_below_the_sensor_names_sample_and_file(tmp_path, scene):
+    """The ground fit measures the sensor height from the keyframe; a keyframe with no return below the
+    sensor (here lifted 10 m) stops the stage naming the sample, the file and the key that fixes the
+    height, before any store is written; under 'skip' it is left out and recorded."""
+    man = _hand_manifest(tmp_path, scene)
+    f = tmp_path / "data" / "lidar_1_0.pcd.bin"
+    rows = np.fromfile(f, np.float32).reshape(-1, 5)
+    rows[:, 2] += 10.0
+    rows.tofile(f)
+    store = tmp_path / "pre.zarr"
+    with pytest.raises(DatasetError, match=r"sample tok1: lidar file .*lidar_1_0\.pcd\.bin: .*presegment\.fast\.ground\.sensor_height"):
+        run_shard(man, "shard-a", str(store), None, HAND_BUILT)
+    assert not store.exists()
+    m = run_shard(man, "shard-a", str(store), None, HAND_BUILT, bad_sample_policy="skip")
+    assert [s["sample"] for s in m["skipped"]] == ["tok1"]
