@@ -123,8 +123,14 @@ STATS_INPUTS["training"] = (
         round=ROUNDS,
         shard=SHARDS,
     )
-    + [f"{RESULTS}/train/full/metrics.json"]
-    + expand(
-        f"{RESULTS}/predict/full/{{shard}}.stats.json", shard=TRAIN_LAYOUT.val_shards
+    # the fully supervised network only where the evaluation scores it (evaluate.full_supervision)
+    + (
+        [f"{RESULTS}/train/full/metrics.json"]
+        + expand(
+            f"{RESULTS}/predict/full/{{shard}}.stats.json",
+            shard=TRAIN_LAYOUT.val_shards,
+        )
+        if EVAL.full_supervision
+        else []
     )
 )

@@ -325,6 +325,7 @@ def plans(tmp_path_factory) -> dict[str, tuple[int, str]]:
         "gpu_host": ["-n", "--cores", "32", "--resources", "gpu=8", *every_rule],
         "this_box": ["-n"],
         "slurm": ["-n", "--workflow-profile", "profiles/slurm", *every_rule],
+        "no_full": ["-n", "--config", "evaluate={full_supervision: false}"],
     }
     return dict(zip(runs, snakemake_batch(wd, list(runs.values()))))
 
@@ -350,6 +351,17 @@ def test_this_box_runs_gpu_rules_on_cpu(plans):
     gpu_jobs = [j for j in parse_plan(out) if j.rule in GPU_RULES]
     assert gpu_jobs and all(j.resources.get("gpu") == "0" for j in gpu_jobs)
     assert all(j.threads <= 2 for j in parse_plan(out))
+
+
+def test_no_full_supervision_plans_no_fully_supervised_network(plans):
+    """evaluate.full_supervision: false drops the fully supervised network's jobs (train_full,
+    predict_full) from the plan; the EM rounds' networks stay."""
+    rc, out = plans["no_full"]
+    assert rc == 0, out[-4000:]
+    rules = {j.rule for j in parse_plan(out)}
+    assert {"train", "predict"} <= rules
+    assert not rules & {"train_full", "predict_full"}, sorted(rules)
+    assert "train/full" not in out and "predict/full" not in out
 
 
 def test_slurm_dry_run_jobs_carry_the_profile_resources(plans):
